@@ -1,0 +1,20 @@
+"""headwise: multi-head attention for PyTorch, done head by head."""
+
+from headwise import functional
+from headwise.errors import BackendError, ShapeError, TorchCompatShapeError
+from headwise.functional import attention, explain
+from headwise.modules import MultiheadAttention, replace_mha_
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "MultiheadAttention",
+    "ShapeError",
+    "TorchCompatShapeError",
+    "__version__",
+    "attention",
+    "explain",
+    "functional",
+    "replace_mha_",
+]

@@ -1,0 +1,43 @@
+"""Exceptions raised by headwise and helpers that format their messages.
+
+Every user mistake raises :class:`ValueError`, :class:`TypeError` or a subclass
+defined here.  Messages say what is wrong, the actual values, what was expected
+and a hint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["BackendError", "ShapeError", "TorchCompatShapeError", "divisors", "fmt_shape"]
+
+
+class ShapeError(ValueError):
+    """A tensor has a shape that does not fit the documented layout."""
+
+
+class TorchCompatShapeError(ShapeError, AssertionError):
+    """A :class:`ShapeError` raised by the drop-in :class:`headwise.MultiheadAttention`.
+
+    ``torch.nn.MultiheadAttention`` reports the same mistakes with ``AssertionError``;
+    this class is both, so code written against torch's layer keeps catching it.
+    """
+
+
+class BackendError(ValueError):
+    """An explicitly requested attention backend cannot serve the call."""
+
+
+def fmt_shape(shape: Sequence[int] | torch.Size) -> str:
+    """Format a shape as ``(2, 3, 4)``."""
+    dims = tuple(int(d) for d in shape)
+    if len(dims) == 1:
+        return f"({dims[0]},)"
+    return "(" + ", ".join(str(d) for d in dims) + ")"
+
+
+def divisors(n: int) -> list[int]:
+    """All positive divisors of ``n`` in increasing order."""
+    return [d for d in range(1, n + 1) if n % d == 0]

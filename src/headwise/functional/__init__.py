@@ -1,0 +1,130 @@
+"""The attention core: one entry point over PyTorch's fused kernels and an explicit math path.
+
+Shape letters, used in every docstring of headwise:
+
+====  =====================================================
+B     batch size
+L     query length (target sequence)
+S     key/value length (source sequence)
+E     embedding dimension (``embed_dim``)
+H     query heads (``num_heads``)
+K     key/value heads (``num_kv_heads``); K divides H
+D     head dimension (``head_dim``)
+====  =====================================================
+
+Internal layout is (B, H, L, D).  Masks have one polarity: a boolean mask is
+``True`` where a query *may attend* a key; a floating mask is added to the scores.
+A query row whose keys are all masked gives a zero output row and zero weights on
+every backend, never NaN, forward and backward.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from headwise.functional._dispatch import PRIORITY, Explanation, build_request, explain, select
+from headwise.functional._masks import causal_mask, from_torch_bool_mask, merge_masks
+
+__all__ = [
+    "PRIORITY",
+    "Explanation",
+    "attention",
+    "attention_weights",
+    "causal_mask",
+    "explain",
+    "from_torch_bool_mask",
+    "merge_masks",
+]
+
+
+def attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor | None]:
+    """Scaled dot-product attention, softmax(Q K^T * scale + mask) V, per head.
+
+    Args:
+        query, key, value: the projected heads.  K may be smaller than H
+            (grouped-query / multi-query attention): query head ``h`` uses kv head
+            ``h // (H / K)``.
+        attn_mask: ``None``; a bool mask, ``True`` = may attend; or a float mask of the
+            query's dtype added to the scores.  Broadcastable to (B, H, L, S).
+        is_causal: query ``i`` attends keys ``j <= i + S - L`` (bottom-right aligned: equal
+            to the usual lower triangle when L == S, and right for decoding with a cache
+            of earlier keys).  Combines with ``attn_mask``.
+        scale: multiplies Q K^T; ``None`` means ``1 / sqrt(D)``.
+        dropout_p: dropout on the attention probabilities.  Pass 0 in evaluation.
+        need_weights: also return the attention probabilities (after dropout).  Only the
+            ``"math"`` backend returns them; ``"auto"`` then picks it.
+        backend: ``"auto"`` (first in :data:`PRIORITY` that can run), ``"sdpa"`` or
+            ``"math"``.  A named backend that cannot serve the call raises
+            :class:`~headwise.errors.BackendError` with the reason.
+
+    Returns:
+        ``(output, weights)``; ``weights`` is ``None`` unless ``need_weights``.
+
+    Shape:
+        query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) ->
+        output (B, H, L, Dv), weights (B, H, L, S).
+    """
+    request = build_request(
+        query,
+        key,
+        value,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        scale=scale,
+        dropout_p=dropout_p,
+        need_weights=need_weights,
+    )
+    return select(request, backend).run(request)
+
+
+def attention_weights(
+    query: Tensor,
+    key: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    average_heads: bool = False,
+) -> Tensor:
+    """Attention probabilities alone, with the same masks and conventions as :func:`attention`.
+
+    With ``average_heads=True`` the mean over heads is built a block of query rows at
+    a time and its backward recomputes the blocks, so only the (B, L, S) result is
+    held, never every head's map.  Use this beside a fused ``attention`` call when
+    both the output and the weights are wanted.
+
+    Shape:
+        query (B, H, L, D), key (B, K, S, D) -> (B, H, L, S), or (B, L, S) averaged.
+    """
+    from headwise.functional._backends.math import probabilities
+    from headwise.functional._weights import mean_head_weights
+
+    request = build_request(
+        query,
+        key,
+        key,
+        attn_mask=attn_mask,
+        is_causal=is_causal,
+        scale=scale,
+        dropout_p=0.0,
+        need_weights=True,
+    )
+    prepared = request.prepared_mask(fused_causal=False)
+    if average_heads:
+        mask_needs_grad = prepared.mask is not None and prepared.mask.requires_grad
+        if not mask_needs_grad:
+            return mean_head_weights(query, key, prepared, request.scale)
+        # a trainable float mask needs autograd through the mask: build the full maps
+        return probabilities(query, key, prepared, request.scale).mean(dim=1)  # (B, L, S)
+    return probabilities(query, key, prepared, request.scale)  # (B, H, L, S)

@@ -1,0 +1,1 @@
+"""Attention backends. Each module defines ``BACKEND``; see ``_dispatch``."""

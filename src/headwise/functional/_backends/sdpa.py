@@ -1,0 +1,49 @@
+"""PyTorch's fused ``F.scaled_dot_product_attention`` (flash / memory-efficient / CPU flash)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from headwise.functional._backends.math import expand_kv
+from headwise.functional._dispatch import AttentionRequest
+
+# enable_gqa arrived in torch 2.5; older releases get the kv heads repeated here.
+_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+class SdpaBackend:
+    name = "sdpa"
+
+    def check(self, request: AttentionRequest) -> str | None:
+        if request.need_weights:
+            return "F.scaled_dot_product_attention returns no attention weights (need_weights=True)"
+        return None
+
+    def run(self, request: AttentionRequest) -> tuple[Tensor, Tensor | None]:
+        prepared = request.prepared_mask(fused_causal=True)
+        query, key, value = request.query, request.key, request.value
+        grouped = request.num_kv_heads != request.num_heads
+        extra = {}
+        if grouped and _HAS_GQA:
+            extra["enable_gqa"] = True
+        elif grouped:
+            key = expand_kv(key, request.num_heads)  # (B, H, S, D)
+            value = expand_kv(value, request.num_heads)  # (B, H, S, Dv)
+        output = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=prepared.mask,
+            dropout_p=request.dropout_p,
+            is_causal=prepared.is_causal,
+            scale=request.scale,
+            **extra,
+        )  # (B, H, L, Dv)
+        if prepared.alive is not None:
+            output = output * prepared.alive  # rows with no key become zero
+        return output, None
+
+
+BACKEND = SdpaBackend()

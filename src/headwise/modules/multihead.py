@@ -1,0 +1,471 @@
+"""A drop-in ``torch.nn.MultiheadAttention`` that runs on the fused kernel.
+
+Same constructor, defaults, forward arguments, return values, parameters and
+``state_dict`` keys as ``torch.nn.MultiheadAttention`` (it subclasses it), so
+switching is an import change.  What differs:
+
+* The output always comes from the fused kernel (``F.scaled_dot_product_attention``
+  through :func:`headwise.functional.attention`), also when weights are requested.
+  Weights are computed beside it; averaged weights never hold every head's L x S map.
+* A query row whose keys are all masked gives zeros, never NaN.
+* Mistakes raise errors that name the layout and suggest the fix (they subclass both
+  ``ValueError`` and ``AssertionError``, so code catching torch's errors still works).
+* ``is_causal=True`` works without an ``attn_mask``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from headwise.errors import TorchCompatShapeError, divisors, fmt_shape
+from headwise.functional import (
+    attention,
+    attention_weights,
+    causal_mask,
+    from_torch_bool_mask,
+    merge_masks,
+)
+
+__all__ = ["MultiheadAttention", "replace_mha_"]
+
+
+def _check_constructor(embed_dim: int, num_heads: int, dropout: float) -> None:
+    for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+        if value <= 0:
+            raise ValueError(
+                f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} "
+                f"and num_heads={num_heads}."
+            )
+    if embed_dim % num_heads != 0:
+        raise ValueError(
+            f"embed_dim={embed_dim} is not divisible by num_heads={num_heads} (head_dim would "
+            f"be {embed_dim / num_heads:g}); use a num_heads that divides {embed_dim}: "
+            f"{', '.join(str(d) for d in divisors(embed_dim))}."
+        )
+    if not 0.0 <= dropout <= 1.0:
+        raise ValueError(f"dropout must be in [0, 1], got {dropout}.")
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """Multi-head attention, a drop-in for ``torch.nn.MultiheadAttention``.
+
+    Args:
+        embed_dim: E, total dimension of the model.
+        num_heads: H, parallel attention heads; must divide ``embed_dim`` (D = E / H).
+        dropout: dropout on the attention probabilities (training only).
+        bias: add bias to the input and output projections.
+        add_bias_kv: append a learned key and value to the sequence.
+        add_zero_attn: append a zero key and value to the sequence.
+        kdim, vdim: feature sizes of key and value (default ``embed_dim``).
+        batch_first: inputs and outputs are (B, L, E) instead of (L, B, E).
+
+    Parameters and ``state_dict`` keys are exactly torch's (``in_proj_weight`` or
+    ``q_proj_weight``/``k_proj_weight``/``v_proj_weight``, ``in_proj_bias``,
+    ``out_proj.weight``/``out_proj.bias``, ``bias_k``/``bias_v``).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        _check_constructor(embed_dim, num_heads, dropout)
+        super().__init__(
+            embed_dim,
+            num_heads,
+            dropout=dropout,
+            bias=bias,
+            add_bias_kv=add_bias_kv,
+            add_zero_attn=add_zero_attn,
+            kdim=kdim,
+            vdim=vdim,
+            batch_first=batch_first,
+            device=device,
+            dtype=dtype,
+        )
+
+    @classmethod
+    def from_torch(cls, module: nn.MultiheadAttention) -> MultiheadAttention:
+        """A headwise layer with ``module``'s configuration and a copy of its weights."""
+        weight = module.out_proj.weight
+        new = cls(
+            module.embed_dim,
+            module.num_heads,
+            dropout=module.dropout,
+            bias=module.in_proj_bias is not None,
+            add_bias_kv=module.bias_k is not None,
+            add_zero_attn=module.add_zero_attn,
+            kdim=module.kdim,
+            vdim=module.vdim,
+            batch_first=module.batch_first,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        new.load_state_dict(module.state_dict())
+        return new.train(module.training)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` to ``key``/``value``.
+
+        Args:
+            query, key, value: batched or unbatched inputs, see Shape.
+            key_padding_mask: (B, S) or (S,) unbatched; bool ``True`` = padding (ignored
+                key), as in torch, or a float mask added to the scores.
+            need_weights: also return attention weights (computed beside the fused
+                output; a caller that drops them frees their memory).
+            attn_mask: (L, S) or (B * H, L, S); bool ``True`` = *not* allowed to attend
+                (torch's polarity), or a float mask added to the scores.
+            average_attn_weights: average the returned weights over heads.
+            is_causal: hint that ``attn_mask`` is the causal mask; with no ``attn_mask``
+                the causal mask is applied directly.
+
+        Returns:
+            ``(attn_output, attn_weights)``; weights are ``None`` unless ``need_weights``.
+
+        Shape:
+            query (L, B, E), or (B, L, E) with ``batch_first``, or (L, E) unbatched;
+            key (S, B, kdim) / (B, S, kdim) / (S, kdim); value likewise with vdim.
+            attn_output like query; attn_weights (B, L, S) averaged or (B, H, L, S),
+            without B when unbatched.  S counts the bias_kv and zero_attn keys.
+        """
+        batched = self._check_inputs(query, key, value, key_padding_mask, attn_mask)
+        key_padding_mask = _own_polarity(key_padding_mask, "key_padding_mask", query.dtype)
+        attn_mask = _own_polarity(attn_mask, "attn_mask", query.dtype)
+        same_kv = key is value
+        same_qkv = same_kv and query is key
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)  # (1, L|S, E)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)  # (1, S)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)  # (B, L|S, E)
+        batch, query_len, _ = query.shape
+        heads, head_dim = self.num_heads, self.head_dim
+
+        q, k, v = self._project(query, key, value, same_qkv=same_qkv, same_kv=same_kv)  # (B, L|S, E)
+        key_len = k.shape[1]
+        if attn_mask is not None:
+            if attn_mask.dim() == 2:
+                attn_mask = attn_mask[None, None]  # (1, 1, L, S)
+            else:
+                attn_mask = attn_mask.view(batch, heads, query_len, key_len)  # (B, H, L, S)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        if is_causal:
+            # With a square mask and no appended keys the fused kernel applies the causal
+            # mask itself; otherwise the given mask is used, or a causal one is built.
+            fused = self.bias_k is None and not self.add_zero_attn and query_len == key_len
+            if fused:
+                attn_mask = None
+            else:
+                is_causal = False
+                if attn_mask is None:
+                    attn_mask = causal_mask(query_len, key_len, device=q.device)[None, None]  # (1, 1, L, S)
+
+        if self.bias_k is not None and self.bias_v is not None:
+            k = torch.cat([k, self.bias_k.expand(batch, 1, -1)], dim=1)  # (B, S+1, E)
+            v = torch.cat([v, self.bias_v.expand(batch, 1, -1)], dim=1)  # (B, S+1, E)
+            attn_mask = _append_open_key(attn_mask)
+            key_padding_mask = _append_open_key(key_padding_mask)
+        q = q.view(batch, query_len, heads, head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = k.view(batch, k.shape[1], heads, head_dim).transpose(1, 2)  # (B, H, S, D)
+        v = v.view(batch, v.shape[1], heads, head_dim).transpose(1, 2)  # (B, H, S, D)
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(batch, heads, 1, head_dim)], dim=2)  # (B, H, S+1, D)
+            v = torch.cat([v, v.new_zeros(batch, heads, 1, head_dim)], dim=2)  # (B, H, S+1, D)
+            attn_mask = _append_open_key(attn_mask)
+            key_padding_mask = _append_open_key(key_padding_mask)
+        mask = merge_masks(attn_mask, key_padding_mask, dtype=q.dtype)
+
+        dropout_p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights and dropout_p > 0.0:
+            # the returned weights must be the ones the output used, dropout included
+            out, weights = attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
+                need_weights=True, backend="math",
+            )  # (B, H, L, D), (B, H, L, S)
+            if average_attn_weights:
+                weights = weights.mean(dim=1)  # (B, L, S)
+        else:
+            out, _ = attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)  # (B, H, L, D)
+            if need_weights:
+                weights = attention_weights(
+                    q, k, attn_mask=mask, is_causal=is_causal, average_heads=average_attn_weights
+                )  # (B, L, S) or (B, H, L, S)
+        out = out.transpose(1, 2).reshape(batch, query_len, self.embed_dim)  # (B, L, E)
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias)  # (B, L, E)
+        if not batched:
+            out = out.squeeze(0)  # (L, E)
+            if weights is not None:
+                weights = weights.squeeze(0)  # (L, S) or (H, L, S)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)  # (L, B, E)
+        return out, weights
+
+    def _project(
+        self, query: Tensor, key: Tensor, value: Tensor, *, same_qkv: bool, same_kv: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Input projections, packed into one matmul where the inputs are one tensor.
+
+        Shape:
+            query (B, L, E), key (B, S, kdim), value (B, S, vdim) -> (B, L, E), (B, S, E), (B, S, E).
+        """
+        e = self.embed_dim
+        bias = self.in_proj_bias
+        b_q, b_k, b_v = (None, None, None) if bias is None else bias.split(e)
+        if self._qkv_same_embed_dim:
+            w = self.in_proj_weight
+            if same_qkv:
+                return F.linear(query, w, bias).split(e, dim=-1)  # 3 x (B, L, E)
+            w_q, w_kv = w.split([e, 2 * e])
+            q = F.linear(query, w_q, b_q)  # (B, L, E)
+            if same_kv:
+                b_kv = None if bias is None else bias[e:]
+                k, v = F.linear(key, w_kv, b_kv).split(e, dim=-1)  # 2 x (B, S, E)
+                return q, k, v
+            w_k, w_v = w_kv.split(e)
+            return q, F.linear(key, w_k, b_k), F.linear(value, w_v, b_v)
+        return (
+            F.linear(query, self.q_proj_weight, b_q),
+            F.linear(key, self.k_proj_weight, b_k),
+            F.linear(value, self.v_proj_weight, b_v),
+        )
+
+    def _check_inputs(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        attn_mask: Tensor | None,
+    ) -> bool:
+        """Validate shapes, dtypes and devices; return whether the input is batched."""
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+            if t.is_nested:
+                raise TypeError(
+                    f"{name} is a nested tensor; headwise.MultiheadAttention takes padded "
+                    "tensors: pad the sequences and pass key_padding_mask."
+                )
+        _check_dims(query, key, value, key_padding_mask, attn_mask, self.num_heads)
+        batched = query.dim() == 3
+        self._check_batched_shapes(query, key, value, key_padding_mask, attn_mask, batched)
+        self._check_dtype_device(query, key, value)
+        return batched
+
+    def _check_batched_shapes(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        attn_mask: Tensor | None,
+        batched: bool,
+    ) -> None:
+        e, kdim, vdim = self.embed_dim, self.kdim, self.vdim
+        if batched and self.batch_first:
+            layout, flag = "(batch, seq, {})", "batch_first=True"
+            (b_q, l_q), (b_k, s_k), (b_v, s_v) = query.shape[:2], key.shape[:2], value.shape[:2]
+        elif batched:
+            layout, flag = "(seq, batch, {})", "batch_first=False"
+            (l_q, b_q), (s_k, b_k), (s_v, b_v) = query.shape[:2], key.shape[:2], value.shape[:2]
+        else:
+            layout, flag = "(seq, {})", "unbatched input"
+            b_q = b_k = b_v = 1
+            l_q, s_k, s_v = query.shape[0], key.shape[0], value.shape[0]
+        for name, t, dim in (("query", query, e), ("key", key, kdim), ("value", value, vdim)):
+            if t.shape[-1] != dim:
+                which = "embed_dim" if name == "query" else ("kdim" if name == "key" else "vdim")
+                raise TorchCompatShapeError(
+                    f"{name} has shape {fmt_shape(t.shape)} but the layer has {which}={dim}: "
+                    f"{flag} expects {layout.format(dim)}."
+                )
+        if not b_q == b_k == b_v:
+            hint = ""
+            if batched:
+                other = "batch_first=False" if self.batch_first else "batch_first=True"
+                swapped = "(seq, batch, embed)" if self.batch_first else "(batch, seq, embed)"
+                if query.shape[1] == key.shape[1] == value.shape[1]:
+                    hint = f" The inputs look like {swapped}: did you mean {other}?"
+            raise TorchCompatShapeError(
+                f"query {fmt_shape(query.shape)}, key {fmt_shape(key.shape)} and value "
+                f"{fmt_shape(value.shape)} disagree on the batch size ({b_q}, {b_k}, {b_v}); "
+                f"{flag} expects {layout.format('E')} for each.{hint}"
+            )
+        if s_k != s_v:
+            raise TorchCompatShapeError(
+                f"key {fmt_shape(key.shape)} and value {fmt_shape(value.shape)} have different "
+                f"sequence lengths ({s_k} and {s_v}); {flag} expects {layout.format('E')}, one "
+                "value per key."
+            )
+        extra = int(self.bias_k is not None)
+        if key_padding_mask is not None:
+            expected = (b_q, s_k) if batched else (s_k,)
+            if tuple(key_padding_mask.shape) != expected:
+                hint = ""
+                if batched and tuple(key_padding_mask.shape) == expected[::-1]:
+                    hint = " It looks transposed: key_padding_mask is (batch, seq) whatever batch_first is."
+                raise TorchCompatShapeError(
+                    f"key_padding_mask has shape {fmt_shape(key_padding_mask.shape)}, expected "
+                    f"{fmt_shape(expected)} ({'batch, ' if batched else ''}source length).{hint}"
+                )
+        if attn_mask is not None:
+            if attn_mask.dim() == 2:
+                expected = (l_q, s_k)
+            else:
+                expected = (b_q * self.num_heads, l_q, s_k)
+            if tuple(attn_mask.shape) != expected:
+                raise TorchCompatShapeError(
+                    f"attn_mask has shape {fmt_shape(attn_mask.shape)}; expected (L, S) = "
+                    f"{fmt_shape((l_q, s_k))} or (batch * num_heads, L, S) = "
+                    f"{fmt_shape((b_q * self.num_heads, l_q, s_k))}."
+                    + (" (S excludes the bias_kv key, which is added by the layer.)" if extra else "")
+                )
+
+    def _check_dtype_device(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        weight = self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
+        for name, t in (("key", key), ("value", value)):
+            if t.dtype != query.dtype:
+                raise TypeError(
+                    f"{name} has dtype {t.dtype} but query has {query.dtype}; pass inputs of one dtype."
+                )
+        if query.dtype != weight.dtype and not torch.is_autocast_enabled(query.device.type):
+            raise TypeError(
+                f"query has dtype {query.dtype} but the layer's weights are {weight.dtype}; "
+                f"convert the input (x.to({weight.dtype})) or the layer (layer.to({query.dtype}))."
+            )
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t.device != weight.device:
+                raise ValueError(
+                    f"{name} is on {t.device} but the layer's weights are on {weight.device}; "
+                    f"move one of them (x.to('{weight.device}') or layer.to('{t.device}'))."
+                )
+
+
+def _check_dims(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    key_padding_mask: Tensor | None,
+    attn_mask: Tensor | None,
+    num_heads: int,
+) -> None:
+    """Rank checks, with torch's messages (plus hints) so that both libraries read alike."""
+    if query.dim() == 3:
+        if key.dim() != 3 or value.dim() != 3:
+            raise TorchCompatShapeError(
+                "For batched (3-D) `query`, expected `key` and `value` to be 3-D but found "
+                f"{key.dim()}-D and {value.dim()}-D tensors respectively"
+            )
+        if key_padding_mask is not None and key_padding_mask.dim() != 2:
+            raise TorchCompatShapeError(
+                "For batched (3-D) `query`, expected `key_padding_mask` to be `None` or 2-D but "
+                f"found {key_padding_mask.dim()}-D tensor instead; it is (batch, source length)"
+            )
+        if attn_mask is not None and attn_mask.dim() not in (2, 3):
+            raise TorchCompatShapeError(
+                "For batched (3-D) `query`, expected `attn_mask` to be `None`, 2-D or 3-D but "
+                f"found {attn_mask.dim()}-D tensor instead; it is (L, S) or (batch * num_heads, L, S)"
+            )
+    elif query.dim() == 2:
+        if key.dim() != 2 or value.dim() != 2:
+            raise TorchCompatShapeError(
+                "For unbatched (2-D) `query`, expected `key` and `value` to be 2-D but found "
+                f"{key.dim()}-D and {value.dim()}-D tensors respectively"
+            )
+        if key_padding_mask is not None and key_padding_mask.dim() != 1:
+            raise TorchCompatShapeError(
+                "For unbatched (2-D) `query`, expected `key_padding_mask` to be `None` or 1-D but "
+                f"found {key_padding_mask.dim()}-D tensor instead"
+            )
+        if attn_mask is not None:
+            if attn_mask.dim() not in (2, 3):
+                raise TorchCompatShapeError(
+                    "For unbatched (2-D) `query`, expected `attn_mask` to be `None`, 2-D or 3-D "
+                    f"but found {attn_mask.dim()}-D tensor instead"
+                )
+            if attn_mask.dim() == 3:
+                expected = (num_heads, query.shape[0], key.shape[0])
+                if tuple(attn_mask.shape) != expected:
+                    raise TorchCompatShapeError(
+                        f"Expected `attn_mask` shape to be {expected} but got "
+                        f"{tuple(attn_mask.shape)} (num_heads, L, S) for unbatched input"
+                    )
+    else:
+        raise TorchCompatShapeError(
+            f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D "
+            f"query tensor of shape {fmt_shape(query.shape)}"
+        )
+
+
+def _own_polarity(mask: Tensor | None, name: str, dtype: torch.dtype) -> Tensor | None:
+    """A torch-polarity mask (bool True = masked out, or additive float) in headwise's polarity."""
+    if mask is None:
+        return None
+    if mask.dtype != torch.bool and not mask.is_floating_point():
+        raise TypeError(
+            f"{name} has dtype {mask.dtype}; expected torch.bool (True = masked out, as in "
+            "torch.nn.MultiheadAttention) or a floating mask that is added to the scores."
+        )
+    mask = from_torch_bool_mask(mask)
+    return mask if mask.dtype == torch.bool else mask.to(dtype)
+
+
+def _append_open_key(mask: Tensor | None) -> Tensor | None:
+    """Extend a headwise mask by one key that every query may attend (bias_kv, zero_attn)."""
+    if mask is None:
+        return None
+    if mask.dtype == torch.bool:
+        return F.pad(mask, (0, 1), value=True)
+    return F.pad(mask, (0, 1), value=0.0)
+
+
+def replace_mha_(model: nn.Module) -> int:
+    """Turn every ``torch.nn.MultiheadAttention`` inside ``model`` into headwise's, in place.
+
+    The modules keep their identity, parameters (so optimizers still hold them),
+    buffers, hooks and training mode: only their class changes, and with it the
+    forward pass, whose outputs are unchanged.  Only modules whose type is exactly
+    ``torch.nn.MultiheadAttention`` are converted; subclasses are left alone.
+
+    Note: ``nn.TransformerEncoderLayer`` in eval mode under ``torch.no_grad`` may run
+    its own fused whole-layer kernel without calling its attention module (see
+    ``torch.backends.mha.set_fastpath_enabled``); outputs are the same either way.
+
+    Returns:
+        the number of modules converted.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    count = 0
+    for module in model.modules():
+        if type(module) is nn.MultiheadAttention:
+            _check_constructor(module.embed_dim, module.num_heads, module.dropout)
+            module.__class__ = MultiheadAttention
+            count += 1
+    return count
