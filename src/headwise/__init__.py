@@ -3,13 +3,16 @@
 from headwise import functional
 from headwise.errors import BackendError, ShapeError, TorchCompatShapeError
 from headwise.functional import attention, explain
-from headwise.modules import MultiheadAttention, replace_mha_
+from headwise.modules import Attention, KVCache, MultiheadAttention, RotaryEmbedding, replace_mha_
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Attention",
     "BackendError",
+    "KVCache",
     "MultiheadAttention",
+    "RotaryEmbedding",
     "ShapeError",
     "TorchCompatShapeError",
     "__version__",

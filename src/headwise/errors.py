@@ -11,7 +11,14 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["BackendError", "ShapeError", "TorchCompatShapeError", "divisors", "fmt_shape"]
+__all__ = [
+    "BackendError",
+    "ShapeError",
+    "TorchCompatShapeError",
+    "divisors",
+    "fmt_shape",
+    "heads_do_not_divide",
+]
 
 
 class ShapeError(ValueError):
@@ -41,3 +48,13 @@ def fmt_shape(shape: Sequence[int] | torch.Size) -> str:
 def divisors(n: int) -> list[int]:
     """All positive divisors of ``n`` in increasing order."""
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def heads_do_not_divide(embed_dim: int, num_heads: int, *, suggest_head_dim: bool = False) -> str:
+    """The message for an ``embed_dim`` that ``num_heads`` does not divide."""
+    message = (
+        f"embed_dim={embed_dim} is not divisible by num_heads={num_heads} (head_dim would be "
+        f"{embed_dim / num_heads:g}); use a num_heads that divides {embed_dim}: "
+        f"{', '.join(str(d) for d in divisors(embed_dim))}"
+    )
+    return message + (", or pass head_dim explicitly." if suggest_head_dim else ".")

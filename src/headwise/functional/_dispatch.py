@@ -260,7 +260,7 @@ def _check_mask(mask: Tensor, query: Tensor, key: Tensor) -> None:
     if mask.device != query.device:
         raise ValueError(f"attn_mask is on {mask.device} but query is on {query.device}.")
     ok = mask.dim() <= 4 and all(
-        m in (1, f) for m, f in zip(reversed(mask.shape), reversed(full))
+        m in (1, f) for m, f in zip(reversed(mask.shape), reversed(full), strict=False)
     )
     if not ok:
         raise ShapeError(

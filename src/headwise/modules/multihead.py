@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headwise.errors import TorchCompatShapeError, divisors, fmt_shape
+from headwise.errors import TorchCompatShapeError, fmt_shape, heads_do_not_divide
 from headwise.functional import (
     attention,
     attention_weights,
@@ -41,11 +41,7 @@ def _check_constructor(embed_dim: int, num_heads: int, dropout: float) -> None:
                 f"and num_heads={num_heads}."
             )
     if embed_dim % num_heads != 0:
-        raise ValueError(
-            f"embed_dim={embed_dim} is not divisible by num_heads={num_heads} (head_dim would "
-            f"be {embed_dim / num_heads:g}); use a num_heads that divides {embed_dim}: "
-            f"{', '.join(str(d) for d in divisors(embed_dim))}."
-        )
+        raise ValueError(heads_do_not_divide(embed_dim, num_heads))
     if not 0.0 <= dropout <= 1.0:
         raise ValueError(f"dropout must be in [0, 1], got {dropout}.")
 
@@ -310,7 +306,8 @@ class MultiheadAttention(nn.MultiheadAttention):
             if batched:
                 other = "batch_first=False" if self.batch_first else "batch_first=True"
                 swapped = "(seq, batch, embed)" if self.batch_first else "(batch, seq, embed)"
-                if query.shape[1] == key.shape[1] == value.shape[1]:
+                alt = 1 if self.batch_first else 0  # where the batch would sit in the other layout
+                if query.shape[alt] == key.shape[alt] == value.shape[alt]:
                     hint = f" The inputs look like {swapped}: did you mean {other}?"
             raise TorchCompatShapeError(
                 f"query {fmt_shape(query.shape)}, key {fmt_shape(key.shape)} and value "

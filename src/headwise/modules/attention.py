@@ -1,0 +1,195 @@
+"""``headwise.Attention``: batch-first attention with grouped-query heads, gates and a KV cache."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from headwise.errors import ShapeError, divisors, fmt_shape, heads_do_not_divide
+from headwise.functional import attention
+from headwise.modules.cache import KVCache
+from headwise.modules.rotary import RotaryEmbedding, positions_for
+
+__all__ = ["Attention"]
+
+
+class Attention(nn.Module):
+    """Multi-head attention on (B, L, E) inputs, head by head.
+
+    Args:
+        embed_dim: E, input and output feature size.
+        num_heads: H, query heads.
+        num_kv_heads: K, key/value heads shared by groups of H/K query heads
+            (grouped-query; 1 = multi-query).  Default H.
+        head_dim: D.  Default E / H (then H must divide E).
+        bias: biases in the q/k/v/out projections.
+        dropout: dropout on attention probabilities (training only).
+        head_dropout: DropHead (Zhou et al. 2020): in training each head of each sample is
+            dropped with this probability and the kept heads are rescaled by 1 / (1 - p).
+        rotary: an injected :class:`~headwise.modules.rotary.RotaryEmbedding` (or ``None``).
+        q_norm, k_norm: injected per-head norms (QK-norm), e.g. ``nn.RMSNorm(head_dim)``.
+
+    Parameters: ``q_proj`` (E -> H*D), ``k_proj`` and ``v_proj`` (E -> K*D), ``out_proj``
+    (H*D -> E), and ``head_gate`` (H,), ones, multiplying each head's output; it does not
+    train by default (``requires_grad=False``): set it to mask heads, or make it require
+    grad to score heads.  Head counts are read from the weights, so layers pruned to
+    different sizes are ordinary.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        head_dropout: float = 0.0,
+        rotary: RotaryEmbedding | None = None,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        head_dim = _check_sizes(embed_dim, num_heads, num_kv_heads, head_dim)
+        for name, p in (("dropout", dropout), ("head_dropout", head_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}.")
+        factory = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self._head_dim = head_dim
+        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias, **factory)
+        self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias, **factory)
+        self.head_gate = nn.Parameter(torch.ones(num_heads, **factory), requires_grad=False)
+        self.dropout = dropout
+        self.head_dropout = head_dropout
+        self.rotary = rotary
+        self.q_norm = q_norm
+        self.k_norm = k_norm
+
+    @property
+    def head_dim(self) -> int:
+        return self._head_dim
+
+    @property
+    def num_heads(self) -> int:
+        return self.q_proj.out_features // self._head_dim
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.k_proj.out_features // self._head_dim
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        """A preallocated :class:`KVCache` sized for this layer."""
+        weight = self.k_proj.weight
+        return KVCache(batch_size, max_len, self.num_kv_heads, self.head_dim, dtype=weight.dtype, device=weight.device)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+        position_ids: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``x`` to ``context`` (or to itself).
+
+        Args:
+            x: the queries' inputs.
+            context: keys' and values' inputs; ``None`` for self-attention.
+            attn_mask: bool ``True`` = may attend, or an additive float mask;
+                broadcastable to (B, H, L, S), e.g. (B, 1, 1, S) for padding.  With a
+                cache, S counts every cached position.
+            is_causal: causal mask, bottom-right aligned (new queries see the whole cache).
+            cache: a :class:`KVCache`; the new keys and values are appended to it.
+            need_weights: also return per-head attention weights (math backend).
+            position_ids: positions of the queries for rotary embeddings; default
+                ``cache.length + arange(L)``.
+
+        Returns:
+            ``(out, weights)``, weights ``None`` unless ``need_weights``.
+
+        Shape:
+            x (B, L, E), context (B, S, E) -> out (B, L, E), weights (B, H, L, S).
+        """
+        self._check_input(x, context)
+        batch, query_len, _ = x.shape
+        source = x if context is None else context
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(batch, query_len, heads, head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = self.k_proj(source).view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
+        v = self.v_proj(source).view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        offset = 0 if cache is None else cache.length
+        if self.rotary is not None:
+            if position_ids is None:
+                position_ids = positions_for(query_len, offset, x.device)  # (L,)
+            key_positions = position_ids if context is None else positions_for(k.shape[2], offset, x.device)
+            q, k = self.rotary(q, k, position_ids, key_positions)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (B, K, S_total, D)
+        dropout_p = self.dropout if self.training else 0.0
+        out, weights = attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p, need_weights=need_weights
+        )  # (B, H, L, D), (B, H, L, S) or None
+        out = out * self.head_gate.to(out.dtype)[:, None, None]  # (B, H, L, D)
+        if self.training and self.head_dropout > 0.0:
+            keep = torch.rand(batch, heads, 1, 1, device=out.device) >= self.head_dropout  # (B, H, 1, 1)
+            out = out * keep.to(out.dtype) / (1.0 - self.head_dropout)
+        out = out.transpose(1, 2).reshape(batch, query_len, heads * head_dim)  # (B, L, H*D)
+        return self.out_proj(out), weights
+
+    def _check_input(self, x: Tensor, context: Tensor | None) -> None:
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ShapeError(
+                f"x has shape {fmt_shape(x.shape)} but Attention expects (batch, seq, {self.embed_dim}) "
+                "(always batch first)."
+            )
+        if context is not None and (
+            context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[-1] != self.embed_dim
+        ):
+            raise ShapeError(
+                f"context has shape {fmt_shape(context.shape)} but x is {fmt_shape(x.shape)}; "
+                f"expected (batch={x.shape[0]}, source seq, {self.embed_dim})."
+            )
+        weight = self.q_proj.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"x has dtype {x.dtype} but the layer's weights are {weight.dtype}; convert one of them."
+            )
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
+            f"head_dim={self.head_dim}, dropout={self.dropout}, head_dropout={self.head_dropout}"
+        )
+
+
+def _check_sizes(embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int | None) -> int:
+    for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    if num_heads % num_kv_heads != 0:
+        raise ValueError(
+            f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}; each kv head "
+            f"serves num_heads / num_kv_heads query heads. Divisors of {num_heads}: "
+            f"{', '.join(str(d) for d in divisors(num_heads))}."
+        )
+    if head_dim is None:
+        if embed_dim % num_heads != 0:
+            raise ValueError(heads_do_not_divide(embed_dim, num_heads, suggest_head_dim=True))
+        return embed_dim // num_heads
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
+        raise ValueError(f"head_dim must be a positive int, got {head_dim!r}.")
+    return head_dim

@@ -1,0 +1,267 @@
+"""headwise.MultiheadAttention against torch.nn.MultiheadAttention, option by option."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import headwise
+from headwise import MultiheadAttention, replace_mha_
+
+E, H, B, L, S = 12, 3, 2, 5, 6
+
+
+def _pair(**kwargs):
+    ref = nn.MultiheadAttention(E, H, **kwargs)
+    ours = MultiheadAttention(E, H, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _inputs(batch_first, kdim, vdim, batched=True, grad=True):
+    def make(length, dim):
+        if not batched:
+            shape = (length, dim)
+        else:
+            shape = (B, length, dim) if batch_first else (length, B, dim)
+        return torch.randn(shape, requires_grad=grad)
+
+    return make(L, E), make(S, kdim or E), make(S, vdim or E)
+
+
+def _masks(kind, batched=True):
+    """(key_padding_mask, attn_mask) in torch's polarity; every row keeps a key."""
+    kpm = attn = None
+    if "kpm_bool" in kind:
+        kpm = torch.zeros(B, S, dtype=torch.bool)
+        kpm[1, -2:] = True
+    if "kpm_float" in kind:
+        kpm = torch.zeros(B, S)
+        kpm[0, :2] = float("-inf")
+        kpm[1, -1] = -2.0
+    if "attn_bool" in kind:
+        attn = torch.rand(L, S) > 0.6
+        attn[:, 2] = False
+    if "attn_float" in kind:
+        attn = torch.randn(L, S)
+    if "attn_3d" in kind:
+        attn = torch.rand((B if batched else 1) * H, L, S) > 0.6
+        attn[..., 2] = False
+    if not batched:
+        kpm = None if kpm is None else kpm[0]
+    return kpm, attn
+
+
+MASKS = ["none", "kpm_bool", "kpm_float", "attn_bool", "attn_float", "attn_3d", "kpm_bool+attn_bool", "kpm_float+attn_float"]
+CONFIGS = [
+    dict(),
+    dict(kdim=7, vdim=5),
+    dict(add_bias_kv=True),
+    dict(add_zero_attn=True),
+    dict(bias=False),
+    dict(add_bias_kv=True, add_zero_attn=True, kdim=7, vdim=7),
+]
+
+
+def _compare(ref, ours, args, kwargs, need_weights):
+    ref_out, ref_w = ref(*args, need_weights=need_weights, **kwargs)
+    out, w = ours(*args, need_weights=need_weights, **kwargs)
+    torch.testing.assert_close(out, ref_out, atol=2e-6, rtol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(w, ref_w, atol=2e-6, rtol=1e-5)
+    else:
+        assert w is None and ref_w is None
+    # gradients through the output and, where returned, through the weights
+    probe = torch.randn_like(out)
+    wprobe = torch.randn_like(w) if need_weights else None
+    inputs = [t for t in args if t.requires_grad] + list(ours.parameters())
+    ref_inputs = [t for t in args if t.requires_grad] + list(ref.parameters())
+
+    def loss(o, ww):
+        total = (o * probe).sum()
+        return total + (ww * wprobe).sum() if need_weights else total
+
+    g = torch.autograd.grad(loss(out, w), inputs, allow_unused=True)
+    rg = torch.autograd.grad(loss(ref_out, ref_w), ref_inputs, allow_unused=True)
+    for a, b in zip(g, rg, strict=True):
+        if b is None:
+            assert a is None or (a == 0).all()
+        else:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("masks", MASKS)
+def test_parity_matrix(config, batch_first, masks):
+    ref, ours = _pair(batch_first=batch_first, **config)
+    args = _inputs(batch_first, config.get("kdim"), config.get("vdim"))
+    kpm, attn = _masks(masks)
+    for need_weights, average in itertools.product([True, False], [True, False]):
+        if not need_weights and not average:
+            continue
+        kwargs = dict(key_padding_mask=kpm, attn_mask=attn, average_attn_weights=average)
+        _compare(ref, ours, args, kwargs, need_weights)
+
+
+@pytest.mark.parametrize("masks", ["none", "kpm_bool", "attn_bool", "attn_3d"])
+@pytest.mark.parametrize("config", [dict(), dict(kdim=7, vdim=5), dict(add_bias_kv=True, add_zero_attn=True)])
+def test_parity_unbatched(masks, config):
+    ref, ours = _pair(**config)
+    args = _inputs(False, config.get("kdim"), config.get("vdim"), batched=False)
+    kpm, attn = _masks(masks, batched=False)
+    for average in (True, False):
+        kwargs = dict(key_padding_mask=kpm, attn_mask=attn, average_attn_weights=average)
+        _compare(ref, ours, args, kwargs, need_weights=True)
+    _compare(ref, ours, args, dict(key_padding_mask=kpm, attn_mask=attn), need_weights=False)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_parity_self_attention_same_tensor(batch_first):
+    """query is key is value takes the packed projection; numbers stay torch's."""
+    ref, ours = _pair(batch_first=batch_first)
+    x = torch.randn((B, L, E) if batch_first else (L, B, E), requires_grad=True)
+    _compare(ref, ours, (x, x, x), {}, need_weights=True)
+    _compare(ref, ours, (x, x, x), {}, need_weights=False)
+    mem = torch.randn((B, S, E) if batch_first else (S, B, E), requires_grad=True)
+    _compare(ref, ours, (x, mem, mem), {}, need_weights=False)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("kpm", [False, True])
+def test_is_causal_hint(need_weights, kpm):
+    ref, ours = _pair(batch_first=True)
+    x = torch.randn(B, L, E)
+    causal = nn.Transformer.generate_square_subsequent_mask(L)
+    pad = torch.zeros(B, L, dtype=torch.bool)
+    pad[0, -1] = True
+    kwargs = dict(attn_mask=causal, is_causal=True, key_padding_mask=pad if kpm else None)
+    a, wa = ref(x, x, x, need_weights=need_weights, **kwargs)
+    b, wb = ours(x, x, x, need_weights=need_weights, **kwargs)
+    torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(wa, wb, atol=2e-6, rtol=1e-5)
+
+
+def test_is_causal_without_mask_applies_causal_mask():
+    ref, ours = _pair(batch_first=True)
+    x = torch.randn(B, L, E)
+    causal = nn.Transformer.generate_square_subsequent_mask(L)
+    expected, _ = ref(x, x, x, attn_mask=causal, need_weights=False)
+    got, _ = ours(x, x, x, is_causal=True, need_weights=False)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    with_bias = MultiheadAttention(E, H, batch_first=True, add_bias_kv=True)
+    ref_b = nn.MultiheadAttention(E, H, batch_first=True, add_bias_kv=True)
+    ref_b.load_state_dict(with_bias.state_dict())
+    got, _ = with_bias(x, x, x, is_causal=True)
+    expected, _ = ref_b(x, x, x, attn_mask=causal)
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+
+
+def test_fully_masked_rows_give_zeros_not_nan():
+    ours = MultiheadAttention(E, H, batch_first=True)
+    x = torch.randn(B, L, E, requires_grad=True)
+    attn = torch.zeros(L, L, dtype=torch.bool)
+    attn[1] = True  # row 1 may attend nothing (torch polarity)
+    out, w = ours(x, x, x, attn_mask=attn)
+    assert not out.isnan().any() and not w.isnan().any()
+    assert (w[:, 1] == 0).all()
+    torch.testing.assert_close(out[:, 1], ours.out_proj.bias.expand(B, E))  # zero attention, then out_proj
+    out.sum().backward()
+    assert not x.grad.isnan().any()
+
+
+def test_dropout_weights_are_the_ones_used():
+    ours = MultiheadAttention(E, H, dropout=0.5, batch_first=True)
+    x = torch.randn(B, L, E)
+    out, w = ours(x, x, x, average_attn_weights=False)  # training mode: dropout active
+    v = torch.nn.functional.linear(x, ours.in_proj_weight[2 * E :], ours.in_proj_bias[2 * E :])
+    v = v.view(B, L, H, E // H).transpose(1, 2)  # (B, H, S, D)
+    heads = (w @ v).transpose(1, 2).reshape(B, L, E)  # (B, L, E)
+    torch.testing.assert_close(out, ours.out_proj(heads))
+    assert (w == 0).any()  # some probabilities were dropped
+    ours.eval()
+    a, _ = ours(x, x, x)
+    b, _ = ours(x, x, x)
+    torch.testing.assert_close(a, b)
+
+
+def test_state_dict_round_trip_both_ways():
+    for config in CONFIGS:
+        ref = nn.MultiheadAttention(E, H, **config)
+        ours = MultiheadAttention(E, H, **config)
+        assert list(ref.state_dict()) == list(ours.state_dict())
+        assert all(ref.state_dict()[k].shape == v.shape for k, v in ours.state_dict().items())
+        ref.load_state_dict(ours.state_dict())
+        torch.testing.assert_close(ref.state_dict(), ours.state_dict())
+        ours2 = MultiheadAttention(E, H, **config)
+        ours2.load_state_dict(ref.state_dict())
+        torch.testing.assert_close(ours2.state_dict(), ref.state_dict())
+
+
+def test_defaults_match_torch():
+    import inspect
+
+    for fn in ("__init__", "forward"):
+        ours = inspect.signature(getattr(MultiheadAttention, fn))
+        theirs = inspect.signature(getattr(nn.MultiheadAttention, fn))
+        assert list(ours.parameters) == list(theirs.parameters)
+        for name, p in ours.parameters.items():
+            assert p.default == theirs.parameters[name].default, name
+    m = MultiheadAttention(E, H)
+    assert isinstance(m, nn.MultiheadAttention)
+    assert (m.batch_first, m.dropout, m.head_dim, m.kdim, m.vdim) == (False, 0.0, E // H, E, E)
+
+
+def test_from_torch_copies_config_and_weights():
+    ref = nn.MultiheadAttention(E, H, kdim=7, vdim=5, add_bias_kv=True, batch_first=True).eval()
+    ours = MultiheadAttention.from_torch(ref)
+    assert not ours.training and ours.batch_first and ours.kdim == 7
+    q, k, v = _inputs(True, 7, 5, grad=False)
+    torch.testing.assert_close(ours(q, k, v)[0], ref(q, k, v)[0])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_replace_in_transformer_encoder(training):
+    layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=24, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    model.train(training)
+    x = torch.randn(B, L, E)
+    pad = torch.zeros(B, L, dtype=torch.bool)
+    pad[1, -2:] = True
+    with torch.no_grad():
+        before = model(x, src_key_padding_mask=pad)
+    params = [id(p) for p in model.parameters()]
+    assert replace_mha_(model) == 2
+    assert all(type(layer.self_attn) is MultiheadAttention for layer in model.layers)
+    assert [id(p) for p in model.parameters()] == params
+    with torch.no_grad():
+        after = model(x, src_key_padding_mask=pad)
+    torch.testing.assert_close(after[~pad], before[~pad], atol=2e-6, rtol=1e-5)
+    assert replace_mha_(model) == 0
+
+
+def test_replace_rejects_non_module():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got int"):
+        replace_mha_(3)
+
+
+def test_compile_matches_eager():
+    ours = MultiheadAttention(E, H, batch_first=True)
+    x = torch.randn(B, L, E)
+    pad = torch.zeros(B, L, dtype=torch.bool)
+    pad[0, -1] = True
+    eager = ours(x, x, x, key_padding_mask=pad)
+    compiled = torch.compile(ours)(x, x, x, key_padding_mask=pad)
+    torch.testing.assert_close(compiled[0], eager[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled[1], eager[1], atol=1e-5, rtol=1e-5)
+
+
+def test_float64_and_headwise_namespace():
+    ours = headwise.MultiheadAttention(E, H, dtype=torch.float64)
+    x = torch.randn(L, B, E, dtype=torch.float64)
+    out, w = ours(x, x, x)
+    assert out.dtype == torch.float64 and w.dtype == torch.float64
