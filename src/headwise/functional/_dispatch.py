@@ -40,7 +40,7 @@ _LOADED: dict[str, Backend] = {}
 _LOGGED_FALLBACKS: set[tuple[str, str]] = set()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PreparedMask:
     """A request's masks folded into one, ready for a kernel.
 
@@ -55,7 +55,7 @@ class PreparedMask:
     alive: Tensor | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AttentionRequest:
     """One validated call of :func:`headwise.functional.attention`.
 
@@ -93,7 +93,8 @@ def _prepare_mask(request: AttentionRequest, *, fused_causal: bool) -> PreparedM
     q, k = request.query, request.key
     query_len, key_len = q.shape[-2], k.shape[-2]
     mask = request.attn_mask
-    if request.is_causal:
+    # a single query at the bottom-right corner sees every key: causal adds nothing
+    if request.is_causal and query_len != 1:
         if mask is None and fused_causal and query_len == key_len:
             return PreparedMask(None, True, None)
         causal = _masks.causal_mask(query_len, key_len, device=q.device)  # (L, S)
@@ -202,6 +203,31 @@ def build_request(
 
 
 def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
+    # One cheap test for the common, valid call; the detailed checks below only run when it fails.
+    try:
+        batch, heads, _, head_dim = query.shape
+        k_batch, kv_heads, key_len, k_dim = key.shape
+        v_batch, v_heads, v_len, _ = value.shape
+        dtype = query.dtype
+        if (
+            batch == k_batch == v_batch
+            and kv_heads == v_heads
+            and key_len == v_len
+            and k_dim == head_dim
+            and kv_heads > 0
+            and heads % kv_heads == 0
+            and dtype.is_floating_point
+            and key.dtype == dtype
+            and value.dtype == dtype
+            and query.device == key.device == value.device
+        ):
+            return
+    except (AttributeError, ValueError, TypeError):
+        pass
+    _explain_bad_qkv(query, key, value)
+
+
+def _explain_bad_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
     for name, t in (("query", query), ("key", key), ("value", value)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")

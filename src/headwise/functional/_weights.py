@@ -12,22 +12,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from headwise.functional._backends.math import expand_kv, probabilities
+from headwise.functional._backends.math import scaled_query, scores_of, softmax_rows
 from headwise.functional._dispatch import PreparedMask
 
-#: Elements of one block of per-head scores, (B, H, rows, S); 2**22 floats = 16 MiB in fp32.
-BLOCK_ELEMENTS = 1 << 22
+#: Elements of one block of per-head scores, (B, H, rows, S); 2**20 floats = 4 MiB in fp32,
+#: small enough for the block to stay in cache between the softmax and the head average.
+BLOCK_ELEMENTS = 1 << 20
 
 
-def _rows_per_block(batch: int, heads: int, key_len: int) -> int:
-    return max(1, BLOCK_ELEMENTS // max(1, batch * heads * key_len))
+def _blocks(query_len: int, batch: int, heads: int, key_len: int) -> list[tuple[int, int]]:
+    step = max(1, BLOCK_ELEMENTS // max(1, batch * heads * key_len))
+    return [(start, min(start + step, query_len)) for start in range(0, query_len, step)]
 
 
-def _slice_rows(t: Tensor | None, start: int, stop: int) -> Tensor | None:
+def _rows(t: Tensor | None, start: int, stop: int) -> Tensor | None:
     """Rows ``start:stop`` of a (..., L or 1, X) tensor; broadcast rows stay as they are."""
     if t is None or t.shape[-2] == 1:
         return t
     return t[..., start:stop, :]
+
+
+def _block_probs(q_scaled: Tensor, key: Tensor, mask: Tensor | None, alive: Tensor | None, start: int, stop: int) -> Tensor:
+    scores = scores_of(q_scaled[:, :, start:stop], key)  # (B, H, rows, S)
+    return softmax_rows(scores, _rows(mask, start, stop), _rows(alive, start, stop))
 
 
 class _MeanHeadWeights(torch.autograd.Function):
@@ -37,13 +44,11 @@ class _MeanHeadWeights(torch.autograd.Function):
     def forward(ctx, query, key, mask, alive, scale):  # type: ignore[override]
         batch, heads, query_len, _ = query.shape
         key_len = key.shape[-2]
-        step = _rows_per_block(batch, heads, key_len)
+        q_scaled = scaled_query(query, scale)  # (B, H, L, D)
         out = query.new_empty(batch, query_len, key_len)  # (B, L, S)
-        for start in range(0, query_len, step):
-            stop = min(start + step, query_len)
-            prepared = PreparedMask(_slice_rows(mask, start, stop), False, _slice_rows(alive, start, stop))
-            probs = probabilities(query[:, :, start:stop], key, prepared, scale)  # (B, H, rows, S)
-            out[:, start:stop] = probs.mean(dim=1)  # (B, rows, S)
+        for start, stop in _blocks(query_len, batch, heads, key_len):
+            probs = _block_probs(q_scaled, key, mask, alive, start, stop)  # (B, H, rows, S)
+            torch.mean(probs, dim=1, out=out[:, start:stop])  # (B, rows, S)
         ctx.save_for_backward(query, key, mask, alive)
         ctx.scale = scale
         return out
@@ -52,27 +57,24 @@ class _MeanHeadWeights(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         query, key, mask, alive = ctx.saved_tensors
         scale = ctx.scale
-        batch, heads, query_len, _ = query.shape
-        kv_heads, key_len = key.shape[1], key.shape[-2]
-        key_h = expand_kv(key, heads)  # (B, H, S, D)
-        grad_query = torch.zeros_like(query) if ctx.needs_input_grad[0] else None
-        grad_key_h = torch.zeros_like(key_h) if ctx.needs_input_grad[1] else None
-        step = _rows_per_block(batch, heads, key_len)
-        for start in range(0, query_len, step):
-            stop = min(start + step, query_len)
-            prepared = PreparedMask(_slice_rows(mask, start, stop), False, _slice_rows(alive, start, stop))
-            q_block = query[:, :, start:stop]  # (B, H, rows, D)
-            probs = probabilities(q_block, key, prepared, scale)  # (B, H, rows, S)
+        batch, heads, query_len, head_dim = query.shape
+        kv_heads, key_len = key.shape[1], key.shape[2]
+        groups = heads // kv_heads
+        q_scaled = scaled_query(query, scale)  # (B, H, L, D)
+        grad_query = torch.empty_like(q_scaled) if ctx.needs_input_grad[0] else None
+        grad_key = torch.zeros_like(key) if ctx.needs_input_grad[1] else None
+        for start, stop in _blocks(query_len, batch, heads, key_len):
+            rows = stop - start
+            probs = _block_probs(q_scaled, key, mask, alive, start, stop)  # (B, H, rows, S)
             grad_probs = grad_out[:, None, start:stop] / heads  # (B, 1, rows, S)
-            grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))
-            grad_scores = grad_scores * scale  # (B, H, rows, S)
+            grad_scores = probs * (grad_probs - (grad_probs * probs).sum(-1, keepdim=True))  # (B, H, rows, S)
+            grad_scores = grad_scores.view(batch, kv_heads, groups * rows, key_len)  # (B, K, G*rows, S)
             if grad_query is not None:
-                grad_query[:, :, start:stop] = grad_scores @ key_h  # (B, H, rows, D)
-            if grad_key_h is not None:
-                grad_key_h += grad_scores.transpose(-2, -1) @ q_block  # (B, H, S, D)
-        grad_key = None
-        if grad_key_h is not None:
-            grad_key = grad_key_h.view(batch, kv_heads, heads // kv_heads, key_len, -1).sum(2)  # (B, K, S, D)
+                block = torch.matmul(grad_scores, key) * scale  # (B, K, G*rows, D)
+                grad_query[:, :, start:stop] = block.view(batch, heads, rows, head_dim)
+            if grad_key is not None:
+                q_block = q_scaled[:, :, start:stop].reshape(batch, kv_heads, groups * rows, head_dim)  # (B, K, G*rows, D)
+                grad_key += torch.matmul(grad_scores.transpose(-2, -1), q_block)  # (B, K, S, D)
         return grad_query, grad_key, None, None, None
 
 

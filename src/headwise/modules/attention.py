@@ -143,7 +143,8 @@ class Attention(nn.Module):
         out, weights = attention(
             q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p, need_weights=need_weights
         )  # (B, H, L, D), (B, H, L, S) or None
-        out = out * self.head_gate.to(out.dtype)[:, None, None]  # (B, H, L, D)
+        gate = self.head_gate
+        out = out * (gate if gate.dtype == out.dtype else gate.to(out.dtype)).view(heads, 1, 1)  # (B, H, L, D)
         if self.training and self.head_dropout > 0.0:
             keep = torch.rand(batch, heads, 1, 1, device=out.device) >= self.head_dropout  # (B, H, 1, 1)
             out = out * keep.to(out.dtype) / (1.0 - self.head_dropout)
@@ -151,6 +152,14 @@ class Attention(nn.Module):
         return self.out_proj(out), weights
 
     def _check_input(self, x: Tensor, context: Tensor | None) -> None:
+        weight = self.q_proj.weight
+        if (
+            x.dim() == 3
+            and x.shape[-1] == self.embed_dim
+            and context is None
+            and (x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type))
+        ):
+            return  # the common self-attention call; the detailed checks follow otherwise
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ShapeError(
                 f"x has shape {fmt_shape(x.shape)} but Attention expects (batch, seq, {self.embed_dim}) "
@@ -163,7 +172,6 @@ class Attention(nn.Module):
                 f"context has shape {fmt_shape(context.shape)} but x is {fmt_shape(x.shape)}; "
                 f"expected (batch={x.shape[0]}, source seq, {self.embed_dim})."
             )
-        weight = self.q_proj.weight
         if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
             raise TypeError(
                 f"x has dtype {x.dtype} but the layer's weights are {weight.dtype}; convert one of them."

@@ -57,20 +57,21 @@ class KVCache:
             key, value (B, K, L, D) -> keys, values (B, K, length + L, D).
         """
         new = key.shape[2]
-        expected = (self.keys.shape[0], self.keys.shape[1], new, self.keys.shape[3])
-        if tuple(key.shape) != expected or tuple(value.shape) != expected:
+        keys = self.keys
+        expected = (keys.shape[0], keys.shape[1], new, keys.shape[3])
+        if key.shape != expected or value.shape != expected:
             raise ValueError(
                 f"KVCache holds (B, K, D) = {(expected[0], expected[1], expected[3])} but got key "
                 f"{tuple(key.shape)} and value {tuple(value.shape)}; build one cache per layer with "
                 "that layer's num_kv_heads and head_dim."
             )
         end = self.length + new
-        if end > self.max_len:
+        if end > keys.shape[2]:
             raise ValueError(
                 f"KVCache is full: it holds {self.max_len} positions, {self.length} are used and "
                 f"{new} more were given; create it with max_len >= {end}."
             )
-        self.keys[:, :, self.length : end] = key
-        self.values[:, :, self.length : end] = value
+        keys.narrow(2, self.length, new).copy_(key)
+        self.values.narrow(2, self.length, new).copy_(value)
         self.length = end
-        return self.keys[:, :, :end], self.values[:, :, :end]  # (B, K, length, D)
+        return keys.narrow(2, 0, end), self.values.narrow(2, 0, end)  # (B, K, length, D)

@@ -25,27 +25,73 @@ def expand_kv(x: Tensor, num_heads: int) -> Tensor:
     return x.repeat_interleave(num_heads // kv_heads, dim=1)  # (B, H, S, D)
 
 
+def scaled_query(query: Tensor, scale: float) -> Tensor:
+    """``query * scale`` as a contiguous tensor (scaling Q costs L*D, scaling the scores L*S).
+
+    Shape:
+        (B, H, L, D) -> (B, H, L, D) contiguous.
+    """
+    return (query * scale).contiguous(memory_format=torch.contiguous_format)
+
+
+def scores_of(query: Tensor, key: Tensor) -> Tensor:
+    """Q K^T for grouped heads without repeating the kv heads.
+
+    Shape:
+        query (B, H, L, D) (already scaled), key (B, K, S, D) -> (B, H, L, S) contiguous.
+    """
+    batch, heads, query_len, head_dim = query.shape
+    kv_heads, key_len = key.shape[1], key.shape[2]
+    if kv_heads == heads:
+        return torch.matmul(query, key.transpose(-2, -1))  # (B, H, L, S)
+    groups = heads // kv_heads
+    grouped = query.reshape(batch, kv_heads, groups * query_len, head_dim)  # (B, K, G*L, D)
+    scores = torch.matmul(grouped, key.transpose(-2, -1))  # (B, K, G*L, S)
+    return scores.view(batch, heads, query_len, key_len)  # (B, H, L, S)
+
+
+def softmax_rows(scores: Tensor, mask: Tensor | None, alive: Tensor | None) -> Tensor:
+    """softmax(scores + mask) over keys, zero on rows with no key.  Fills ``scores`` in place.
+
+    Shape:
+        scores (B, H, L, S); mask broadcastable to it; alive (..., L, 1) -> (B, H, L, S).
+    """
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, float("-inf"))
+        else:
+            scores.add_(mask)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(scores.dtype)
+    else:
+        probs = torch.softmax(scores, dim=-1)
+    if alive is not None:
+        probs = probs * alive  # rows with no key become zero
+    return probs
+
+
+def weighted_values(probs: Tensor, value: Tensor) -> Tensor:
+    """P V for grouped heads without repeating the kv heads.
+
+    Shape:
+        probs (B, H, L, S), value (B, K, S, Dv) -> (B, H, L, Dv).
+    """
+    batch, heads, query_len, key_len = probs.shape
+    kv_heads = value.shape[1]
+    if kv_heads == heads:
+        return torch.matmul(probs, value)  # (B, H, L, Dv)
+    grouped = probs.reshape(batch, kv_heads, heads // kv_heads * query_len, key_len)  # (B, K, G*L, S)
+    return torch.matmul(grouped, value).view(batch, heads, query_len, -1)  # (B, H, L, Dv)
+
+
 def probabilities(query: Tensor, key: Tensor, prepared: PreparedMask, scale: float) -> Tensor:
     """Attention probabilities softmax(Q K^T * scale + mask), zero on rows with no key.
 
     Shape:
         query (B, H, L, D), key (B, K, S, D) -> (B, H, L, S).
     """
-    key = expand_kv(key, query.shape[1])  # (B, H, S, D)
-    scores = torch.matmul(query, key.transpose(-2, -1)) * scale  # (B, H, L, S)
-    mask = prepared.mask
-    if mask is not None:
-        if mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        else:
-            scores = scores + mask
-    if scores.dtype in (torch.float16, torch.bfloat16):
-        probs = torch.softmax(scores.float(), dim=-1).to(scores.dtype)
-    else:
-        probs = torch.softmax(scores, dim=-1)
-    if prepared.alive is not None:
-        probs = probs * prepared.alive  # rows with no key become zero
-    return probs
+    scores = scores_of(scaled_query(query, scale), key)  # (B, H, L, S)
+    return softmax_rows(scores, prepared.mask, prepared.alive)
 
 
 class MathBackend:
@@ -59,9 +105,7 @@ class MathBackend:
         probs = probabilities(request.query, request.key, prepared, request.scale)  # (B, H, L, S)
         if request.dropout_p > 0.0:
             probs = F.dropout(probs, p=request.dropout_p, training=True)
-        value = expand_kv(request.value, request.num_heads)  # (B, H, S, Dv)
-        output = torch.matmul(probs, value)  # (B, H, L, Dv)
-        return output, probs if request.need_weights else None
+        return weighted_values(probs, request.value), probs if request.need_weights else None
 
 
 BACKEND = MathBackend()

@@ -24,23 +24,23 @@ class SdpaBackend:
     def run(self, request: AttentionRequest) -> tuple[Tensor, Tensor | None]:
         prepared = request.prepared_mask(fused_causal=True)
         query, key, value = request.query, request.key, request.value
-        grouped = request.num_kv_heads != request.num_heads
-        extra = {}
-        if grouped and _HAS_GQA:
-            extra["enable_gqa"] = True
-        elif grouped:
+        if request.num_kv_heads == request.num_heads:
+            output = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=prepared.mask, dropout_p=request.dropout_p,
+                is_causal=prepared.is_causal, scale=request.scale,
+            )  # (B, H, L, Dv)
+        elif _HAS_GQA:
+            output = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=prepared.mask, dropout_p=request.dropout_p,
+                is_causal=prepared.is_causal, scale=request.scale, enable_gqa=True,
+            )  # (B, H, L, Dv)
+        else:
             key = expand_kv(key, request.num_heads)  # (B, H, S, D)
             value = expand_kv(value, request.num_heads)  # (B, H, S, Dv)
-        output = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=prepared.mask,
-            dropout_p=request.dropout_p,
-            is_causal=prepared.is_causal,
-            scale=request.scale,
-            **extra,
-        )  # (B, H, L, Dv)
+            output = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=prepared.mask, dropout_p=request.dropout_p,
+                is_causal=prepared.is_causal, scale=request.scale,
+            )  # (B, H, L, Dv)
         if prepared.alive is not None:
             output = output * prepared.alive  # rows with no key become zero
         return output, None

@@ -1,0 +1,144 @@
+"""Sentence-encoding throughput: headwise.models against transformers' BertModel with SDPA.
+
+Both encode the same real sentences (prose from the Python documentation that ships
+with CPython, ``pydoc_data.topics``) with all-MiniLM-L6-v2 (``headwise.models.load()``,
+and ``transformers.BertModel.from_pretrained`` on the same folder with
+``attn_implementation="sdpa"``), end to end as sentence-transformers does it:
+
+* ``headwise``: ``model.encode(texts, batch_size=b)``
+* ``transformers``: the same pipeline (length sort, the same tokenization from
+  ``model.tokenize``, batches of b, mean pooling, L2 normalization, original order)
+  around ``BertModel(...).last_hidden_state``
+
+Both run in eval mode under ``torch.inference_mode`` with 2 threads, in one process,
+round-robin after a warm-up.  The table gives sentences per second (median over
+rounds) and the speedup time(transformers) / time(headwise) per round: median (min).
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_encode.py [--quick] [--texts N] [--batch-sizes 1 8 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+import _harness as hx
+import headwise.models
+
+THREADS = 2
+TOLERANCE = 1e-5  # max abs difference of the two implementations' embeddings
+FULL = hx.Budget(seconds=20.0, min_rounds=5, max_rounds=15, min_sample_s=0.0, max_inner=1)
+QUICK = hx.Budget(seconds=1.0, min_rounds=3, max_rounds=3, min_sample_s=0.0, max_inner=1)
+
+
+def real_sentences(count: int) -> list[str]:
+    """``count`` English sentences from CPython's bundled documentation, in a fixed order."""
+    from pydoc_data.topics import topics
+
+    text = re.sub(r"\s+", " ", " ".join(topics[key] for key in sorted(topics)))
+    sentences = [
+        s
+        for s in re.split(r"(?<=[.!?])\s+", text)
+        if 40 <= len(s) <= 300 and s[0].isupper() and not any(c in s for c in "*`>|=")
+    ]
+    step = max(1, len(sentences) // count)
+    picked = sentences[::step][:count]
+    if len(picked) < count:
+        raise SystemExit(f"only {len(picked)} sentences available, asked for {count}")
+    return picked
+
+
+def transformers_encode(
+    model: headwise.models.BertEncoder, reference: torch.nn.Module, texts: list[str], batch_size: int
+) -> Tensor:
+    """sentence-transformers' encode around transformers' BertModel, tokenized by headwise's tokenizer.
+
+    Shape:
+        N texts -> (N, E).
+    """
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            features = model.tokenize([texts[i] for i in order[start : start + batch_size]])
+            hidden = reference(**features).last_hidden_state  # (b, L, E)
+            pooled = headwise.models.pool(hidden, features["attention_mask"], ("mean",))  # (b, E)
+            chunks.append(F.normalize(pooled, p=2, dim=1))
+        sorted_vectors = torch.cat(chunks)  # (N, E)
+        vectors = torch.empty_like(sorted_vectors)  # (N, E)
+        vectors[torch.tensor(order)] = sorted_vectors
+    return vectors
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 texts and 3 rounds (smoke test)")
+    parser.add_argument("--texts", type=int, default=None, help="number of sentences (default 256)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(THREADS)
+    from transformers import BertModel
+
+    count = args.texts or (64 if args.quick else 256)
+    budget = QUICK if args.quick else FULL
+    model = headwise.models.load()
+    reference = BertModel.from_pretrained(model.source, attn_implementation="sdpa").eval()
+    texts = real_sentences(count)
+    tokens = model.tokenize(texts)["attention_mask"].sum(dim=1).float()
+
+    print(f"encode {count} sentences with all-MiniLM-L6-v2 ({model.source})")
+    print(
+        f"tokens per sentence: mean {tokens.mean().item():.1f}, min {int(tokens.min())}, max {int(tokens.max())}"
+    )
+    print(f"torch {torch.__version__}, {THREADS} threads; {hx.load_line('start')}")
+
+    rows = []
+    failures = []
+    for batch_size in args.batch_sizes:
+        steps = {
+            "headwise": lambda b=batch_size: model.encode(texts, batch_size=b),
+            "transformers": lambda b=batch_size: transformers_encode(model, reference, texts, b),
+        }
+        diff = (steps["headwise"]() - steps["transformers"]()).abs().max().item()
+        if diff > TOLERANCE:
+            failures.append(f"batch {batch_size}: embeddings differ by {diff:.3g} > {TOLERANCE}")
+        plan = hx.plan_from_warmup(hx.warm_up(steps), budget)
+        start = time.perf_counter()
+        samples = hx.round_robin(steps, plan)
+        ratio = hx.pair_ratio(samples["transformers"], samples["headwise"])
+        rows.append(
+            [
+                str(batch_size),
+                f"{count / statistics.median(samples['headwise']):.1f}",
+                f"{count / statistics.median(samples['transformers']):.1f}",
+                ratio.fmt(),
+                f"{diff:.1e}",
+                f"{plan.rounds} ({time.perf_counter() - start:.0f}s)",
+            ]
+        )
+    headers = ["batch", "headwise sent/s", "transformers sent/s", "speedup med (min)", "max |diff|", "rounds"]
+    print()
+    print(hx.format_table(headers, rows))
+    print()
+    print("speedup = time(transformers sdpa) / time(headwise) per round; > 1 means headwise is faster")
+    print(hx.load_line("end"))
+    for failure in failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
