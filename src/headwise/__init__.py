@@ -1,7 +1,7 @@
 """headwise: multi-head attention for PyTorch, done head by head."""
 
 from headwise import functional
-from headwise.errors import BackendError, ShapeError, TorchCompatShapeError
+from headwise.errors import BackendError, CheckpointError, ShapeError, TorchCompatShapeError
 from headwise.functional import attention, explain
 from headwise.modules import Attention, KVCache, MultiheadAttention, RotaryEmbedding, replace_mha_
 
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Attention",
     "BackendError",
+    "CheckpointError",
     "KVCache",
     "MultiheadAttention",
     "RotaryEmbedding",

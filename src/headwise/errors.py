@@ -13,6 +13,7 @@ import torch
 
 __all__ = [
     "BackendError",
+    "CheckpointError",
     "ShapeError",
     "TorchCompatShapeError",
     "divisors",
@@ -35,6 +36,14 @@ class TorchCompatShapeError(ShapeError, AssertionError):
 
 class BackendError(ValueError):
     """An explicitly requested attention backend cannot serve the call."""
+
+
+class CheckpointError(ValueError):
+    """A model folder's file is unusable: wrong architecture, bad or missing key, wrong shape.
+
+    The message names the file and the key.  A file that is not there at all raises
+    :class:`FileNotFoundError` instead.
+    """
 
 
 def fmt_shape(shape: Sequence[int] | torch.Size) -> str:

@@ -246,3 +246,20 @@ def test_property_permuting_keys_with_values(shape, backend, seed):
     a, _ = attention(q, k, v, attn_mask=mask, backend=backend)
     b, _ = attention(q, k[:, :, perm], v[:, :, perm], attn_mask=mask[:, perm], backend=backend)
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_attention_mean_weights_both_paths(grad, kv_heads, monkeypatch):
+    from headwise.functional import _weights, attention_mean_weights
+
+    monkeypatch.setattr(_weights, "BLOCK_ELEMENTS", 2 * 4 * 7 * 2)  # several row blocks
+    q, k, v = qkv(h=4, k=kv_heads, lq=5, s=7, requires_grad=grad)
+    mask = torch.rand(2, 1, 5, 7) > 0.4
+    mask[1, 0, 2] = False  # an empty row
+    out, w = attention_mean_weights(q, k, v, attn_mask=mask)
+    ref_out, ref_w = attention(q, k, v, attn_mask=mask, need_weights=True, backend="math")
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(w, ref_w.mean(1))
+    assert (w[1, 2] == 0).all() and (out[1, :, 2] == 0).all()
+    assert w.requires_grad == grad

@@ -107,6 +107,31 @@ def test_parity_matrix(config, batch_first, masks):
         _compare(ref, ours, args, kwargs, need_weights)
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+@pytest.mark.parametrize("masks", MASKS)
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "eval_inputs_only"])
+def test_parity_inference(config, masks, context):
+    """Without autograd the weights come from a block-wise math pass; numbers stay torch's."""
+    ref, ours = _pair(batch_first=True, **config)
+    ref.eval()
+    ours.eval()
+    q, k, v = _inputs(True, config.get("kdim"), config.get("vdim"), grad=False)
+    kpm, attn = _masks(masks)
+    manager = torch.inference_mode() if context == "inference_mode" else torch.no_grad()
+    if context == "eval_inputs_only":  # grad mode on, but nothing to differentiate through the inputs
+        for p in list(ref.parameters()) + list(ours.parameters()):
+            p.requires_grad_(False)
+        manager = torch.enable_grad()
+    with manager:
+        for need_weights, average in [(True, True), (True, False), (False, True)]:
+            kwargs = dict(key_padding_mask=kpm, attn_mask=attn, need_weights=need_weights, average_attn_weights=average)
+            ref_out, ref_w = ref(q, k, v, **kwargs)
+            out, w = ours(q, k, v, **kwargs)
+            torch.testing.assert_close(out, ref_out, atol=2e-6, rtol=1e-5)
+            if need_weights:
+                torch.testing.assert_close(w, ref_w, atol=2e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("masks", ["none", "kpm_bool", "attn_bool", "attn_3d"])
 @pytest.mark.parametrize("config", [dict(), dict(kdim=7, vdim=5), dict(add_bias_kv=True, add_zero_attn=True)])
 def test_parity_unbatched(masks, config):
@@ -265,3 +290,24 @@ def test_float64_and_headwise_namespace():
     x = torch.randn(L, B, E, dtype=torch.float64)
     out, w = ours(x, x, x)
     assert out.dtype == torch.float64 and w.dtype == torch.float64
+
+
+def test_bias_of_another_dtype_is_accepted_like_torch():
+    ours = MultiheadAttention(4, 4, batch_first=True, dtype=torch.float64).eval()
+    ours.in_proj_bias = nn.Parameter(ours.in_proj_bias.to(torch.float16))
+    x = torch.randn(4, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        out, _ = ours(x, x, x)
+    assert out.dtype == torch.float64
+
+
+def test_3d_mask_equals_each_sample_with_its_2d_mask():
+    ours = MultiheadAttention(8, 4)
+    query, key = torch.rand(8, 2, 8), torch.rand(8, 3, 8)  # (N, T, E), (N, S, E)
+    allowed = torch.rand(8, 2, 3) > 0.5
+    allowed[..., 0] = True
+    mask = torch.zeros(8, 2, 3).masked_fill(~allowed, float("-inf"))  # additive, torch polarity
+    batched, _ = ours(query.transpose(0, 1), key.transpose(0, 1), key.transpose(0, 1), attn_mask=mask.repeat_interleave(4, 0))
+    for i in range(8):
+        single, _ = ours(query[i, :, None], key[i, :, None], key[i, :, None], attn_mask=mask[i])  # (T, 1, E)
+        torch.testing.assert_close(batched[:, i : i + 1], single)

@@ -20,6 +20,7 @@ every backend, never NaN, forward and backward.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from headwise.functional._dispatch import PRIORITY, Explanation, build_request, explain, select
@@ -29,6 +30,7 @@ __all__ = [
     "PRIORITY",
     "Explanation",
     "attention",
+    "attention_mean_weights",
     "attention_weights",
     "causal_mask",
     "explain",
@@ -128,3 +130,40 @@ def attention_weights(
         # a trainable float mask needs autograd through the mask: build the full maps
         return probabilities(query, key, prepared, request.scale).mean(dim=1)  # (B, L, S)
     return probabilities(query, key, prepared, request.scale)  # (B, H, L, S)
+
+
+def attention_mean_weights(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Attention output and the attention weights averaged over heads, memory-lean.
+
+    This is what ``torch.nn.MultiheadAttention`` returns by default.  Neither path ever
+    holds every head's L x S map at once:
+
+    * when autograd needs the result, the output comes from the fused kernel (its
+      backward stores no L x S map) and the averaged weights are computed beside it by
+      :func:`attention_weights` (block-wise, recomputed in backward);
+    * otherwise (inference) both come from one block-wise pass of the math path, which
+      computes Q K^T once for the two of them.
+
+    Shape:
+        query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv)
+        -> output (B, H, L, Dv), weights (B, L, S).
+    """
+    from headwise.functional._weights import output_and_mean_weights
+
+    needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
+    if needs_grad:
+        output, _ = attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+        weights = attention_weights(query, key, attn_mask=attn_mask, is_causal=is_causal, scale=scale, average_heads=True)
+        return output, weights
+    request = build_request(
+        query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale, dropout_p=0.0, need_weights=True
+    )
+    return output_and_mean_weights(query, key, value, request.prepared_mask(fused_causal=False), request.scale)

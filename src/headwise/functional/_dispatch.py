@@ -89,12 +89,19 @@ class AttentionRequest:
         return _prepare_mask(self, fused_causal=fused_causal)
 
 
+_NO_MASK = PreparedMask(None, False, None)
+
+
 def _prepare_mask(request: AttentionRequest, *, fused_causal: bool) -> PreparedMask:
     q, k = request.query, request.key
-    query_len, key_len = q.shape[-2], k.shape[-2]
+    query_len = q.shape[-2]
     mask = request.attn_mask
     # a single query at the bottom-right corner sees every key: causal adds nothing
-    if request.is_causal and query_len != 1:
+    is_causal = request.is_causal and query_len != 1
+    if mask is None and not is_causal:
+        return _NO_MASK
+    key_len = k.shape[-2]
+    if is_causal:
         if mask is None and fused_causal and query_len == key_len:
             return PreparedMask(None, True, None)
         causal = _masks.causal_mask(query_len, key_len, device=q.device)  # (L, S)
@@ -154,7 +161,7 @@ def select(request: AttentionRequest, backend: str) -> Backend:
             )
         return chosen
     for name in PRIORITY:
-        candidate = get_backend(name)
+        candidate = _LOADED.get(name) or get_backend(name)
         reason = candidate.check(request)
         if reason is None:
             return candidate
@@ -191,14 +198,7 @@ def build_request(
             f"{1.0 / math.sqrt(query.shape[-1]):.6g}."
         )
     return AttentionRequest(
-        query=query,
-        key=key,
-        value=value,
-        attn_mask=attn_mask,
-        is_causal=is_causal,
-        scale=float(scale),
-        dropout_p=float(dropout_p),
-        need_weights=bool(need_weights),
+        query, key, value, attn_mask, is_causal, float(scale), float(dropout_p), bool(need_weights)
     )
 
 

@@ -12,16 +12,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from headwise.functional._backends.math import scaled_query, scores_of, softmax_rows
+from headwise.functional._backends.math import scaled_query, scores_of, softmax_rows, weighted_values
 from headwise.functional._dispatch import PreparedMask
 
-#: Elements of one block of per-head scores, (B, H, rows, S); 2**20 floats = 4 MiB in fp32,
-#: small enough for the block to stay in cache between the softmax and the head average.
+#: Elements of one block of per-head scores, (B, H, rows, S).  On the CPU 2**20 floats (4 MiB
+#: in fp32) stay in cache between the softmax and the head average; on an accelerator each
+#: block costs kernel launches, so blocks are 16x larger there (64 MiB in fp32).
 BLOCK_ELEMENTS = 1 << 20
+ACCELERATOR_BLOCK_FACTOR = 16
 
 
-def _blocks(query_len: int, batch: int, heads: int, key_len: int) -> list[tuple[int, int]]:
-    step = max(1, BLOCK_ELEMENTS // max(1, batch * heads * key_len))
+def _blocks(query: Tensor, key_len: int) -> list[tuple[int, int]]:
+    batch, heads, query_len, _ = query.shape
+    budget = BLOCK_ELEMENTS if query.device.type == "cpu" else BLOCK_ELEMENTS * ACCELERATOR_BLOCK_FACTOR
+    step = max(1, budget // max(1, batch * heads * key_len))
     return [(start, min(start + step, query_len)) for start in range(0, query_len, step)]
 
 
@@ -42,13 +46,14 @@ class _MeanHeadWeights(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, mask, alive, scale):  # type: ignore[override]
-        batch, heads, query_len, _ = query.shape
+        batch, _, query_len, _ = query.shape
         key_len = key.shape[-2]
         q_scaled = scaled_query(query, scale)  # (B, H, L, D)
+        key_c = key.contiguous()  # once, not once per block inside matmul
         out = query.new_empty(batch, query_len, key_len)  # (B, L, S)
-        for start, stop in _blocks(query_len, batch, heads, key_len):
-            probs = _block_probs(q_scaled, key, mask, alive, start, stop)  # (B, H, rows, S)
-            torch.mean(probs, dim=1, out=out[:, start:stop])  # (B, rows, S)
+        for start, stop in _blocks(query, key_len):
+            probs = _block_probs(q_scaled, key_c, mask, alive, start, stop)  # (B, H, rows, S)
+            out[:, start:stop] = probs.mean(dim=1)  # (B, rows, S)
         ctx.save_for_backward(query, key, mask, alive)
         ctx.scale = scale
         return out
@@ -57,13 +62,14 @@ class _MeanHeadWeights(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         query, key, mask, alive = ctx.saved_tensors
         scale = ctx.scale
-        batch, heads, query_len, head_dim = query.shape
+        batch, heads, _, head_dim = query.shape
         kv_heads, key_len = key.shape[1], key.shape[2]
         groups = heads // kv_heads
         q_scaled = scaled_query(query, scale)  # (B, H, L, D)
+        key = key.contiguous()
         grad_query = torch.empty_like(q_scaled) if ctx.needs_input_grad[0] else None
         grad_key = torch.zeros_like(key) if ctx.needs_input_grad[1] else None
-        for start, stop in _blocks(query_len, batch, heads, key_len):
+        for start, stop in _blocks(query, key_len):
             rows = stop - start
             probs = _block_probs(q_scaled, key, mask, alive, start, stop)  # (B, H, rows, S)
             grad_probs = grad_out[:, None, start:stop] / heads  # (B, 1, rows, S)
@@ -87,3 +93,29 @@ def mean_head_weights(query: Tensor, key: Tensor, prepared: PreparedMask, scale:
         query (B, H, L, D), key (B, K, S, D) -> (B, L, S).
     """
     return _MeanHeadWeights.apply(query, key, prepared.mask, prepared.alive, scale)
+
+
+def output_and_mean_weights(
+    query: Tensor, key: Tensor, value: Tensor, prepared: PreparedMask, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Output and head-averaged probabilities in one block-wise pass, for inference.
+
+    Each block of query rows computes its per-head probabilities once and uses them for
+    both the output rows and the averaged weights, then drops them: one Q K^T for both,
+    and never more than a block of per-head maps.  No autograd.
+
+    Shape:
+        query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv)
+        -> output (B, H, L, Dv), weights (B, L, S).
+    """
+    batch, heads, query_len, _ = query.shape
+    key_len = key.shape[2]
+    q_scaled = scaled_query(query, scale)  # (B, H, L, D)
+    key, value = key.contiguous(), value.contiguous()  # once, not once per block inside matmul
+    output = query.new_empty(batch, heads, query_len, value.shape[-1])  # (B, H, L, Dv)
+    weights = query.new_empty(batch, query_len, key_len)  # (B, L, S)
+    for start, stop in _blocks(query, key_len):
+        probs = _block_probs(q_scaled, key, prepared.mask, prepared.alive, start, stop)  # (B, H, rows, S)
+        output[:, :, start:stop] = weighted_values(probs, value)  # (B, H, rows, Dv)
+        weights[:, start:stop] = probs.mean(dim=1)  # (B, rows, S)
+    return output, weights

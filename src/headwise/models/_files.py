@@ -1,4 +1,4 @@
-"""File helpers shared by the checkpoint readers: the error type and JSON reading."""
+"""File helpers shared by the checkpoint readers: JSON reading (the error type lives in headwise.errors)."""
 
 from __future__ import annotations
 
@@ -6,15 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from headwise.errors import CheckpointError
+
 __all__ = ["CheckpointError", "read_json"]
-
-
-class CheckpointError(ValueError):
-    """A model folder's file is unusable: wrong architecture, bad or missing key, wrong shape.
-
-    The message names the file and the key.  A file that is not there at all raises
-    :class:`FileNotFoundError` instead.
-    """
 
 
 def read_json(path: Path) -> Any:

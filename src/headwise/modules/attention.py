@@ -120,13 +120,15 @@ class Attention(nn.Module):
         Shape:
             x (B, L, E), context (B, S, E) -> out (B, L, E), weights (B, H, L, S).
         """
-        self._check_input(x, context)
+        q_proj, k_proj, v_proj = self.q_proj, self.k_proj, self.v_proj  # one module lookup each
+        self._check_input(x, context, q_proj.weight)
         batch, query_len, _ = x.shape
         source = x if context is None else context
-        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).view(batch, query_len, heads, head_dim).transpose(1, 2)  # (B, H, L, D)
-        k = self.k_proj(source).view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
-        v = self.v_proj(source).view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
+        head_dim = self._head_dim
+        heads, kv_heads = q_proj.out_features // head_dim, k_proj.out_features // head_dim
+        q = q_proj(x).view(batch, query_len, heads, head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = k_proj(source).view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
+        v = v_proj(source).view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if self.k_norm is not None:
@@ -139,20 +141,20 @@ class Attention(nn.Module):
             q, k = self.rotary(q, k, position_ids, key_positions)
         if cache is not None:
             k, v = cache.update(k, v)  # (B, K, S_total, D)
-        dropout_p = self.dropout if self.training else 0.0
+        training = self.training
         out, weights = attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p, need_weights=need_weights
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if training else 0.0,
+            need_weights=need_weights,
         )  # (B, H, L, D), (B, H, L, S) or None
         gate = self.head_gate
         out = out * (gate if gate.dtype == out.dtype else gate.to(out.dtype)).view(heads, 1, 1)  # (B, H, L, D)
-        if self.training and self.head_dropout > 0.0:
+        if training and self.head_dropout > 0.0:
             keep = torch.rand(batch, heads, 1, 1, device=out.device) >= self.head_dropout  # (B, H, 1, 1)
             out = out * keep.to(out.dtype) / (1.0 - self.head_dropout)
         out = out.transpose(1, 2).reshape(batch, query_len, heads * head_dim)  # (B, L, H*D)
         return self.out_proj(out), weights
 
-    def _check_input(self, x: Tensor, context: Tensor | None) -> None:
-        weight = self.q_proj.weight
+    def _check_input(self, x: Tensor, context: Tensor | None, weight: Tensor) -> None:
         if (
             x.dim() == 3
             and x.shape[-1] == self.embed_dim

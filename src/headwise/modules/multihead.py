@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from headwise.errors import TorchCompatShapeError, fmt_shape, heads_do_not_divide
 from headwise.functional import (
     attention,
+    attention_mean_weights,
     attention_weights,
     causal_mask,
     from_torch_bool_mask,
@@ -206,13 +207,16 @@ class MultiheadAttention(nn.MultiheadAttention):
             )  # (B, H, L, D), (B, H, L, S)
             if average_attn_weights:
                 weights = weights.mean(dim=1)  # (B, L, S)
+        elif need_weights and average_attn_weights:
+            out, weights = attention_mean_weights(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, L, D), (B, L, S)
+        elif need_weights and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+            # inference, every head's map returned: one math pass gives output and maps
+            out, weights = attention(q, k, v, attn_mask=mask, is_causal=is_causal, need_weights=True)  # (B, H, L, D), (B, H, L, S)
         else:
             out, _ = attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)  # (B, H, L, D)
             if need_weights:
-                weights = attention_weights(
-                    q, k, attn_mask=mask, is_causal=is_causal, average_heads=average_attn_weights
-                )  # (B, L, S) or (B, H, L, S)
-        out = out.transpose(1, 2).reshape(batch, query_len, self.embed_dim)  # (B, L, E)
+                weights = attention_weights(q, k, attn_mask=mask, is_causal=is_causal)  # (B, H, L, S)
+        out = out.transpose(1, 2).reshape(batch, query_len, heads * head_dim)  # (B, L, H*D), H*D = E unless pruned
         out = F.linear(out, self.out_proj.weight, self.out_proj.bias)  # (B, L, E)
         if not batched:
             out = out.squeeze(0)  # (L, E)
@@ -228,10 +232,12 @@ class MultiheadAttention(nn.MultiheadAttention):
         """Input projections, packed into one matmul where the inputs are one tensor.
 
         Shape:
-            query (B, L, E), key (B, S, kdim), value (B, S, vdim) -> (B, L, E), (B, S, E), (B, S, E).
+            query (B, L, E), key (B, S, kdim), value (B, S, vdim) -> (B, L, H*D), (B, S, H*D), (B, S, H*D).
         """
-        e = self.embed_dim
+        e = self.num_heads * self.head_dim  # H*D: embed_dim, or less after headwise.heads.prune_heads_
         bias = self.in_proj_bias
+        if bias is not None and bias.dtype != query.dtype:
+            bias = bias.to(query.dtype)  # torch's layer accepts a bias of another dtype too
         b_q, b_k, b_v = (None, None, None) if bias is None else bias.split(e)
         if self._qkv_same_embed_dim:
             w = self.in_proj_weight
