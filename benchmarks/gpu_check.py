@@ -44,10 +44,11 @@ from pathlib import Path
 from typing import TextIO
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 import headwise
+from _harness import format_table  # benchmarks/ is on sys.path when run as a script
+from bench_mha import LinearSDPA
 from headwise import MultiheadAttention
 from headwise.functional import attention
 
@@ -112,19 +113,6 @@ def sci(x: float | None) -> str:
 
 def fixed(x: float | None, digits: int = 2) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A plain text table, first column left-aligned, the others right-aligned."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        first = str(cells[0]).ljust(widths[0])
-        rest = (str(cell).rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest])
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
 
 
 def randn(shape: Sequence[int], generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -555,34 +543,6 @@ def section_b(settings: Settings) -> dict[str, object]:
 IMPLS = ("torch_default", "torch_nw", "hw_default", "hw_nw", "linear_sdpa")
 SPEED_RATIOS = (("torch_nw", "hw_nw"), ("torch_default", "hw_default"), ("hw_nw", "linear_sdpa"))
 MEMORY_RATIOS = (("torch_default", "hw_nw"), ("torch_default", "hw_default"))
-
-
-class LinearSDPA(nn.Module):
-    """Baseline: q, k, v, out projections as four ``nn.Linear`` around ``F.scaled_dot_product_attention``."""
-
-    def __init__(self, mha: nn.MultiheadAttention) -> None:
-        super().__init__()
-        embed_dim = mha.embed_dim
-        self.num_heads, self.head_dim = mha.num_heads, mha.head_dim
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(embed_dim, embed_dim) for _ in range(4))
-        weights, biases = mha.in_proj_weight.detach().chunk(3), mha.in_proj_bias.detach().chunk(3)  # 3 x (E, E), 3 x (E,)
-        with torch.no_grad():
-            for proj, weight, bias in zip((self.q_proj, self.k_proj, self.v_proj), weights, biases, strict=True):
-                proj.weight.copy_(weight)
-                proj.bias.copy_(bias)
-            self.out_proj.weight.copy_(mha.out_proj.weight)
-            self.out_proj.bias.copy_(mha.out_proj.bias)
-
-    def forward(self, x: Tensor, *, is_causal: bool) -> Tensor:
-        """Shape: x (B, L, E) -> (B, L, E)."""
-        batch, length, embed_dim = x.shape
-        q, k, v = (
-            proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
-            for proj in (self.q_proj, self.k_proj, self.v_proj)
-        )
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)  # (B, H, L, D)
-        out = out.transpose(1, 2).reshape(batch, length, embed_dim)  # (B, L, E)
-        return self.out_proj(out)
 
 
 @dataclass
