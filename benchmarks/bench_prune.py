@@ -1,0 +1,127 @@
+"""Speed of a head-pruned all-MiniLM-L6-v2 against the unpruned model.
+
+Two comparisons, same real sentences (prose from CPython's bundled documentation,
+``pydoc_data.topics``), same batch sizes, one process, round-robin after a warm-up:
+
+* ``encode``: ``model.encode(texts, batch_size=b)`` end to end (tokenization included);
+* ``attention``: the six attention sublayers alone (``headwise.Attention`` forward), on the
+  hidden states each layer receives in the unpruned model for one padded batch of b texts.
+
+The pruned model comes from ``--pruned FOLDER`` (e.g. saved by
+``examples/prune_minilm.py --save``), or else is pruned here with
+``headwise.heads.prune_by_importance_`` (Fisher importance on 64 other sentences)
+down to ``--fraction`` of its heads removed.  Ratios are time(unpruned) / time(pruned)
+per round, median (min); > 1 means the pruned model is faster.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_prune.py [--quick] [--fraction 0.5] [--pruned FOLDER]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import _harness as hx
+import headwise.models
+from bench_encode import real_sentences
+from headwise.heads import PruneConfig, prune_by_importance_
+
+THREADS = 2
+FULL = hx.Budget(seconds=20.0, min_rounds=5, max_rounds=15, min_sample_s=0.0, max_inner=1)
+ATTENTION = hx.Budget(seconds=10.0, min_rounds=5, max_rounds=30, min_sample_s=0.05, max_inner=50)
+QUICK = hx.Budget(seconds=1.0, min_rounds=3, max_rounds=3, min_sample_s=0.0, max_inner=1)
+
+
+def attention_inputs(model: headwise.models.BertEncoder, texts: list[str]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each attention layer's input in the unpruned model, and the padding mask.
+
+    Shape:
+        -> one (b, L, E) tensor per layer, mask (b, 1, 1, L) bool (True = may attend).
+    """
+    captured: list[torch.Tensor] = []
+    hooks = [
+        layer.register_forward_pre_hook(lambda _, args: captured.append(args[0]))
+        for layer in model.attention_layers
+    ]
+    features = model.tokenize(texts)
+    try:
+        with torch.inference_mode():
+            model(**features)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured, features["attention_mask"].bool()[:, None, None, :]  # (b, 1, 1, L)
+
+
+def run_layers(model: headwise.models.BertEncoder, inputs: list[torch.Tensor], mask: torch.Tensor) -> None:
+    with torch.inference_mode():
+        for layer, x in zip(model.attention_layers, inputs, strict=True):
+            layer(x, attn_mask=mask)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="64 texts and 3 rounds (smoke test)")
+    parser.add_argument("--texts", type=int, default=None, help="number of sentences (default 256)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--fraction", type=float, default=0.5, help="fraction of heads to remove")
+    parser.add_argument("--pruned", type=Path, default=None, help="a saved pruned model folder")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+
+    count = args.texts or (64 if args.quick else 256)
+    model = headwise.models.load()
+    sentences = real_sentences(count + 64)
+    texts, calibration = sentences[:count], sentences[count:]
+    if args.pruned is not None:
+        pruned = headwise.models.load(args.pruned)
+    else:
+        pruned = copy.deepcopy(model)
+        remove = round(args.fraction * sum(model.num_heads))
+        prune_by_importance_(pruned, calibration, PruneConfig(remove=remove, step=max(1, remove // 4)))
+    kept = sum(pruned.num_heads) / sum(model.num_heads)
+    agreement = F.cosine_similarity(model.encode(texts), pruned.encode(texts), dim=1).mean().item()
+    tokens = model.tokenize(texts)["attention_mask"].sum(dim=1).float()
+    print(f"all-MiniLM-L6-v2: {sum(model.num_heads)} heads {model.num_heads} vs pruned {sum(pruned.num_heads)} "
+          f"{pruned.num_heads} ({100 * (1 - kept):.0f}% removed); mean cosine to unpruned {agreement:.3f}")
+    print(f"{count} sentences, tokens per sentence: mean {tokens.mean().item():.1f}, max {int(tokens.max())}")
+    print(f"torch {torch.__version__}, {THREADS} threads; {hx.load_line('start')}")
+
+    rows = []
+    for batch_size in args.batch_sizes:
+        encode = {
+            "unpruned": lambda b=batch_size: model.encode(texts, batch_size=b),
+            "pruned": lambda b=batch_size: pruned.encode(texts, batch_size=b),
+        }
+        samples = hx.round_robin(encode, hx.plan_from_warmup(hx.warm_up(encode), QUICK if args.quick else FULL))
+        ratio = hx.pair_ratio(samples["unpruned"], samples["pruned"])
+        rows.append(["encode", str(batch_size), f"{count / statistics.median(samples['unpruned']):.1f} sent/s",
+                     f"{count / statistics.median(samples['pruned']):.1f} sent/s", ratio.fmt()])
+
+        inputs, mask = attention_inputs(model, texts[:batch_size])
+        layers = {
+            "unpruned": lambda i=inputs, m=mask: run_layers(model, i, m),
+            "pruned": lambda i=inputs, m=mask: run_layers(pruned, i, m),
+        }
+        samples = hx.round_robin(layers, hx.plan_from_warmup(hx.warm_up(layers), QUICK if args.quick else ATTENTION))
+        ratio = hx.pair_ratio(samples["unpruned"], samples["pruned"])
+        rows.append([f"attention x6 (L={inputs[0].shape[1]})", str(batch_size), f"{hx.median_ms(samples['unpruned']):.2f} ms",
+                     f"{hx.median_ms(samples['pruned']):.2f} ms", ratio.fmt()])
+    print()
+    print(hx.format_table(["what", "batch", "unpruned", "pruned", "speedup med (min)"], rows))
+    print()
+    print("speedup = time(unpruned) / time(pruned) per round; > 1 means the pruned model is faster")
+    print(hx.load_line("end"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

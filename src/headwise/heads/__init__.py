@@ -1,0 +1,48 @@
+"""Heads toolkit: score, describe and remove attention heads.
+
+Score the heads of a sentence encoder on real text and remove the least important::
+
+    import headwise.models
+    from headwise.heads import PruneConfig, fisher_importance, prune_by_importance_, prune_heads_
+
+    model = headwise.models.load()                          # all-MiniLM-L6-v2, 6 x 12 heads
+    scores = fisher_importance(model, texts)                # one (12,) tensor per layer
+    removed = prune_by_importance_(model, texts, PruneConfig(remove=22))  # 30% of 72
+    prune_heads_(model, {0: [3, 7]})                        # or name the heads yourself
+    model.save("minilm-pruned")                             # head counts go to config.json
+
+* :func:`prune_heads_` removes heads physically from :class:`headwise.Attention`
+  (grouped-query included), :class:`headwise.MultiheadAttention` and the BERT encoder
+  of :mod:`headwise.models`; pruning equals masking the same heads (``head_gate = 0``).
+* Importance: :func:`gradient_importance` (Michel et al. 2019, with a task loss),
+  :func:`fisher_importance` (label-free: squared gate gradients of self-distillation),
+  :func:`ablation_importance` (leave one head out), :func:`normalize_per_layer`.
+* :func:`head_statistics`: entropy, attention distance, [CLS]/[SEP]/padding shares and
+  head-to-head similarity of maps and outputs, with clusters of redundant heads.
+* :func:`prune_by_importance_` with a :class:`PruneConfig`: iterative pruning, re-scoring
+  after every ``step`` heads.
+"""
+
+from headwise.heads._importance import (
+    ablation_importance,
+    fisher_importance,
+    gradient_importance,
+    normalize_per_layer,
+)
+from headwise.heads._iterative import PruneConfig, prune_by_importance_
+from headwise.heads._prune import attention_layers, head_counts, prune_heads_
+from headwise.heads._stats import HeadStatistics, head_statistics
+
+__all__ = [
+    "HeadStatistics",
+    "PruneConfig",
+    "ablation_importance",
+    "attention_layers",
+    "fisher_importance",
+    "gradient_importance",
+    "head_counts",
+    "head_statistics",
+    "normalize_per_layer",
+    "prune_by_importance_",
+    "prune_heads_",
+]

@@ -1,0 +1,142 @@
+"""Iterative pruning: score the heads, remove the least important few, score again."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from headwise.heads._importance import ablation_importance, fisher_importance, normalize_per_layer
+from headwise.heads._prune import prune_heads_
+from headwise.heads._scoring import check_encoder, check_texts, gated_layers
+
+__all__ = ["PruneConfig", "prune_by_importance_"]
+
+METHODS = ("fisher", "ablation")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How :func:`prune_by_importance_` removes heads.
+
+    Args:
+        remove: how many heads to remove in this call.
+        step: heads removed between two importance estimates (1, the default, re-scores after
+            each head; on all-MiniLM-L6-v2 step 1 with 4 probes reached cosine 0.884 at 50%
+            removed where step 2 with 2 probes reached 0.866).
+        method: ``"fisher"`` (:func:`fisher_importance`, label-free, a few backward passes
+            per batch) or ``"ablation"`` (:func:`ablation_importance`, one pass per head).
+        normalize: divide scores by their per-layer L2 norm before ranking (Michel et al.);
+            off by default: on all-MiniLM-L6-v2 it lowered the cosine curve by 0.02-0.03 at
+            20-40% removed (examples/prune_minilm.py).
+        min_heads: heads every layer keeps.
+        probes: random probes per batch for ``"fisher"``.
+        batch_size: texts per forward pass.
+        seed: seed of the Fisher probes.
+    """
+
+    remove: int
+    step: int = 1
+    method: str = "fisher"
+    normalize: bool = False
+    min_heads: int = 1
+    probes: int = 4
+    batch_size: int = 32
+    seed: int = 0
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("remove", "step", "min_heads", "probes", "batch_size", "seed"):
+            value = getattr(self, name)
+            low = 0 if name in ("remove", "seed") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"PruneConfig.{name} must be an int >= {low}, got {value!r}.")
+        if self.method not in METHODS:
+            raise ValueError(f"PruneConfig.method must be one of {METHODS}, got {self.method!r}.")
+        if not isinstance(self.normalize, bool):
+            raise TypeError(f"PruneConfig.normalize must be a bool, got {self.normalize!r}.")
+        if self.version != 1:
+            raise ValueError(f"PruneConfig version {self.version!r} is not supported (this headwise writes 1).")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON-ready) that :meth:`from_dict` reads back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown PruneConfig keys {unknown}; expected {sorted(cls.__dataclass_fields__)}.")
+        return cls(**data)
+
+
+def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneConfig) -> list[tuple[int, int]]:
+    """Remove ``config.remove`` heads in place, least important first, re-scoring every ``config.step``.
+
+    Importance is label-free (self-distillation toward the model as it is at each step,
+    which after the first step is already pruned).  Each layer keeps ``config.min_heads``.
+    Layers must be plain multi-head :class:`headwise.Attention` (no grouped-query layers).
+
+    Returns:
+        the removed heads as (layer, head) in removal order, head indices counted in the
+        layer as it was when this function was called.
+
+    Shape:
+        layer l goes from H_l heads to H_l minus its removed heads, every head of dim D.
+    """
+    check_encoder(model)
+    texts = check_texts(model, texts)
+    if not isinstance(config, PruneConfig):
+        raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}.")
+    layers = gated_layers(model)
+    grouped = [i for i, layer in enumerate(layers) if layer.num_kv_heads != layer.num_heads]
+    if grouped:
+        raise ValueError(
+            f"layer {grouped[0]} is grouped-query; prune_by_importance_ ranks single query heads, which "
+            "would leave unequal kv groups. Prune such layers with prune_heads_ by whole groups."
+        )
+    available = sum(max(layer.num_heads - config.min_heads, 0) for layer in layers)
+    if config.remove > available:
+        raise ValueError(
+            f"PruneConfig.remove={config.remove} but only {available} heads can go while every layer keeps "
+            f"min_heads={config.min_heads} (head counts {[layer.num_heads for layer in layers]})."
+        )
+    origin = [list(range(layer.num_heads)) for layer in layers]  # current index -> index at the call
+    removed: list[tuple[int, int]] = []
+    while len(removed) < config.remove:
+        if config.method == "fisher":
+            scores = fisher_importance(
+                model, texts, batch_size=config.batch_size, probes=config.probes, seed=config.seed + len(removed)
+            )
+        else:
+            scores = ablation_importance(model, texts, batch_size=config.batch_size)
+        if config.normalize:
+            scores = normalize_per_layer(scores)
+        count = min(config.step, config.remove - len(removed))
+        plan = _lowest(scores, count, config.min_heads)
+        for layer, heads in plan.items():
+            removed += [(layer, origin[layer][h]) for h in heads]
+            origin[layer] = [o for i, o in enumerate(origin[layer]) if i not in heads]
+        prune_heads_(model, plan)
+    return removed
+
+
+def _lowest(scores: list[torch.Tensor], count: int, min_heads: int) -> dict[int, list[int]]:
+    """The ``count`` lowest-scoring heads, each layer keeping ``min_heads``."""
+    flat = sorted(
+        (float(s), layer, head) for layer, layer_scores in enumerate(scores) for head, s in enumerate(layer_scores)
+    )
+    left = [len(s) for s in scores]
+    plan: dict[int, list[int]] = {}
+    taken = 0
+    for _, layer, head in flat:
+        if taken == count:
+            break
+        if left[layer] > min_heads:
+            plan.setdefault(layer, []).append(head)
+            left[layer] -= 1
+            taken += 1
+    return plan
