@@ -112,9 +112,13 @@ def output_and_mean_weights(
     key_len = key.shape[2]
     q_scaled = scaled_query(query, scale)  # (B, H, L, D)
     key, value = key.contiguous(), value.contiguous()  # once, not once per block inside matmul
+    blocks = _blocks(query, key_len)
+    if len(blocks) == 1:  # one block: no buffers to copy the results into
+        probs = _block_probs(q_scaled, key, prepared.mask, prepared.alive, 0, query_len)  # (B, H, L, S)
+        return weighted_values(probs, value), probs.mean(dim=1)  # (B, H, L, Dv), (B, L, S)
     output = query.new_empty(batch, heads, query_len, value.shape[-1])  # (B, H, L, Dv)
     weights = query.new_empty(batch, query_len, key_len)  # (B, L, S)
-    for start, stop in _blocks(query, key_len):
+    for start, stop in blocks:
         probs = _block_probs(q_scaled, key, prepared.mask, prepared.alive, start, stop)  # (B, H, rows, S)
         output[:, :, start:stop] = weighted_values(probs, value)  # (B, H, rows, Dv)
         weights[:, start:stop] = probs.mean(dim=1)  # (B, rows, S)
