@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 import headwise
 from _harness import format_table  # benchmarks/ is on sys.path when run as a script
-from bench_mha import LinearSDPA
+from bench_mha import LinearSDPA, Models
 from headwise import MultiheadAttention
 from headwise.functional import attention
 
@@ -543,24 +543,6 @@ def section_b(settings: Settings) -> dict[str, object]:
 IMPLS = ("torch_default", "torch_nw", "hw_default", "hw_nw", "linear_sdpa")
 SPEED_RATIOS = (("torch_nw", "hw_nw"), ("torch_default", "hw_default"), ("hw_nw", "linear_sdpa"))
 MEMORY_RATIOS = (("torch_default", "hw_nw"), ("torch_default", "hw_default"))
-
-
-@dataclass
-class Models:
-    torch_mha: nn.MultiheadAttention
-    hw_mha: MultiheadAttention
-    linear: LinearSDPA
-
-    def all(self) -> tuple[nn.Module, ...]:
-        return self.torch_mha, self.hw_mha, self.linear
-
-    def set_training(self, training: bool) -> None:
-        for module in self.all():
-            module.train(training)
-
-    def clear_grads(self) -> None:
-        for module in self.all():
-            module.zero_grad(set_to_none=True)
 
 
 def build_models(embed_dim: int, heads: int, device: torch.device, dtype: torch.dtype) -> Models:
