@@ -1,0 +1,35 @@
+"""The ``headwise`` command group and its error handling."""
+
+from __future__ import annotations
+
+import click
+
+from headwise.cli.inspect_cmd import inspect_command
+
+
+class _Group(click.Group):
+    """Turns a user mistake (ValueError, TypeError, FileNotFoundError) into one line and exit 2."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (ValueError, TypeError, FileNotFoundError, ModuleNotFoundError) as err:
+            raise click.UsageError(str(err).splitlines()[0] if str(err) else type(err).__name__) from err
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="headwise")
+def main() -> None:
+    """headwise: look at a transformer's attention heads, score them, remove them.
+
+    MODEL is a Hugging Face style BERT folder (config.json, model.safetensors,
+    tokenizer.json) or a shipped name; it defaults to all-MiniLM-L6-v2.
+
+    \b
+    Examples:
+      headwise inspect
+      headwise inspect ./my-bert --json
+    """
+
+
+main.add_command(inspect_command)
