@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from headwise.cli.analyze_cmd import analyze_command
 from headwise.cli.inspect_cmd import inspect_command
 
 
@@ -29,7 +30,9 @@ def main() -> None:
     Examples:
       headwise inspect
       headwise inspect ./my-bert --json
+      headwise analyze --out analysis
     """
 
 
 main.add_command(inspect_command)
+main.add_command(analyze_command)
