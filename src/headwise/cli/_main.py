@@ -6,6 +6,7 @@ import click
 
 from headwise.cli.analyze_cmd import analyze_command
 from headwise.cli.inspect_cmd import inspect_command
+from headwise.cli.prune_cmd import prune_command
 
 
 class _Group(click.Group):
@@ -31,8 +32,10 @@ def main() -> None:
       headwise inspect
       headwise inspect ./my-bert --json
       headwise analyze --out analysis
+      headwise prune --fraction 0.3 --out minilm-30
     """
 
 
 main.add_command(inspect_command)
 main.add_command(analyze_command)
+main.add_command(prune_command)

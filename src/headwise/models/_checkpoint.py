@@ -314,14 +314,19 @@ def _read_tensors(path: Path, names: dict[str, str]) -> dict[str, Tensor]:
         return {name: f.get_tensor(key) for key, name in names.items()}
 
 
-def to_hf_state_dict(model: BertEncoder) -> dict[str, Tensor]:
+def to_hf_state_dict(model: BertEncoder, *, full_heads: bool = False) -> dict[str, Tensor]:
     """The model's weights under transformers' BertModel names, head gates folded in.
 
     A gate scales its head's output before ``out_proj``, which is the same as
     scaling that head's columns of ``out_proj.weight``; gates of one fold exactly.
 
+    With ``full_heads`` every pruned layer is padded back to ``num_attention_heads``
+    with all-zero heads (zero query, key and value rows, zero output columns): such a
+    head attends uniformly to zero values and adds nothing, so the outputs are the
+    pruned model's, in the shapes transformers' BertModel expects.
+
     Shape:
-        encoder.layer.{i}.attention.output.dense.weight is (E, H_i * D).
+        encoder.layer.{i}.attention.output.dense.weight is (E, H_i * D), or (E, E) with full_heads.
     """
     state = {}
     for name, tensor in model.state_dict().items():
@@ -333,10 +338,21 @@ def to_hf_state_dict(model: BertEncoder) -> dict[str, Tensor]:
         key = f"{_HF_LAYER_PREFIX}{index}.attention.output.dense.weight"
         gate = layer.head_gate.detach().to(state[key].dtype).repeat_interleave(layer.head_dim)  # (H*D,)
         state[key] = state[key] * gate  # (E, H*D)
+    if full_heads:
+        width = model.config.num_attention_heads * model.config.head_dim  # E
+        for index in range(len(model.attention_layers)):
+            prefix = f"{_HF_LAYER_PREFIX}{index}.attention."
+            for name in ("self.query", "self.key", "self.value"):
+                for leaf in ("weight", "bias"):
+                    tensor = state[f"{prefix}{name}.{leaf}"]  # (H*D, E) or (H*D,)
+                    pad = (0, 0, 0, width - tensor.shape[0]) if tensor.dim() == 2 else (0, width - tensor.shape[0])
+                    state[f"{prefix}{name}.{leaf}"] = torch.nn.functional.pad(tensor, pad)  # (E, E) or (E,)
+            out = state[f"{prefix}output.dense.weight"]  # (E, H*D)
+            state[f"{prefix}output.dense.weight"] = torch.nn.functional.pad(out, (0, width - out.shape[1]))  # (E, E)
     return {key: tensor.to("cpu").contiguous() for key, tensor in state.items()}
 
 
-def save(model: BertEncoder, folder: Path) -> Path:
+def save(model: BertEncoder, folder: Path, *, full_heads: bool = False) -> Path:
     """Write ``model`` to ``folder`` (see :meth:`BertEncoder.save`)."""
     from safetensors.torch import save_file
 
@@ -349,10 +365,11 @@ def save(model: BertEncoder, folder: Path) -> Path:
             "model_type": "bert",
             "architectures": ["BertModel"],
             "position_embedding_type": "absolute",
-            HEADS_KEY: list(model.num_heads),
+            HEADS_KEY: [config.num_attention_heads] * len(model.num_heads) if full_heads else list(model.num_heads),
         }
     )
-    save_file(to_hf_state_dict(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    state = to_hf_state_dict(model, full_heads=full_heads)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     (folder / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     if model.tokenizer is not None:
         model.tokenizer.save(str(folder / "tokenizer.json"))

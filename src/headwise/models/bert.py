@@ -385,17 +385,20 @@ class BertEncoder(nn.Module):
             self.train(was_training)
         return vectors[0] if single else vectors
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
+    def save(self, path: str | os.PathLike[str], *, full_heads: bool = False) -> Path:
         """Write a Hugging Face / sentence-transformers folder that :func:`~headwise.models.load` reads.
 
         config.json, model.safetensors (transformers' ``BertModel`` key names),
-        tokenizer.json and the sentence-transformers files.  An unpruned model also
-        loads with ``transformers.BertModel.from_pretrained``.  Head gates are folded
-        into the output projections.  Returns the folder.
+        tokenizer.json and the sentence-transformers files.  Head gates are folded into
+        the output projections.  A pruned model is saved with its smaller layers, which
+        transformers v5 (it dropped head pruning) cannot read; ``full_heads=True`` pads
+        pruned layers back with all-zero heads, which gives the same outputs in the shapes
+        ``transformers.BertModel.from_pretrained`` reads (but not the smaller size).
+        Returns the folder.
         """
         from headwise.models._checkpoint import save
 
-        return save(self, Path(path))
+        return save(self, Path(path), full_heads=full_heads)
 
     def _check_inputs(
         self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
