@@ -11,10 +11,14 @@ the accuracy of a logistic-regression probe on polarity (5-fold cross-validation
 repeated 3 times).  Orders: iterative Fisher importance re-estimated every ``--step``
 heads (headwise.heads.prune_by_importance_), the same with per-layer normalization, a
 one-shot leave-one-head-out ablation order, and random orders (``--seeds``).
+With ``--recover STEPS``, each point of the Fisher curve is also measured after a short
+self-distillation (headwise.heads.distill_) of a fresh copy of the pruned model toward
+the unpruned one on the calibration sentences.
 
     pip install --no-deps gensim==4.4.0       # only for its test_data files
     python examples/prune_minilm.py           # about 15 minutes on 2 cores
     python examples/prune_minilm.py --curves fisher   # the main curve only, about 5 minutes
+    python examples/prune_minilm.py --curves fisher --recover 100   # and after recovery
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import headwise.models as hm
-from headwise.heads import PruneConfig, ablation_importance, prune_by_importance_
+from headwise.heads import DistillConfig, PruneConfig, ablation_importance, distill_, prune_by_importance_
 
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
@@ -145,16 +149,26 @@ def random_order(model, seed, min_heads=1):
     return order
 
 
-def iterative_curve(model, calibration, evaluate, counts, config):
+def iterative_curve(model, calibration, evaluate, counts, config, recover=None):
+    """The curve of iterative pruning; with a DistillConfig ``recover``, also the curve after distill_."""
     pruned = copy.deepcopy(model)
-    results, done, seconds = {}, 0, 0.0
+    results, recovered, done, seconds = {}, {}, 0, 0.0
     for k in counts:
         start = time.perf_counter()
         prune_by_importance_(pruned, calibration, PruneConfig(**{**config.to_dict(), "remove": k - done}))
         seconds += time.perf_counter() - start
         done = k
         results[k] = evaluate(pruned)
-    return results, seconds, pruned
+        if recover is not None:
+            if k == 0:
+                recovered[k] = results[k]  # nothing to recover: the student is the teacher
+                continue
+            student = copy.deepcopy(pruned)  # a fresh copy per point: recovery never feeds the next pruning step
+            result = distill_(student, model, calibration, recover)
+            recovered[k] = evaluate(student)
+            print(f"recovery at {k} removed: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}, "
+                  f"{result.seconds:.0f} s")
+    return results, seconds, pruned, recovered
 
 
 def main() -> None:
@@ -172,6 +186,10 @@ def main() -> None:
         help="importance orders to compare with the random orders",
     )
     parser.add_argument("--ablation-texts", type=int, default=128, help="calibration sentences for ablation")
+    parser.add_argument(
+        "--recover", type=int, default=0, metavar="STEPS",
+        help="also measure the fisher curve after STEPS steps of distill_ toward the unpruned model (0: off)",
+    )
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -184,18 +202,27 @@ def main() -> None:
 
     curves: dict[str, dict[int, dict[str, float]]] = {}
     config = PruneConfig(remove=0, step=args.step, probes=args.probes, batch_size=args.batch_size)
+    recover = None
+    if args.recover:
+        recover = DistillConfig(steps=args.recover, batch_size=16)
+        if "fisher" not in args.curves:
+            parser.error("--recover applies to the fisher curve; add fisher to --curves")
     if "fisher" in args.curves:
-        curves["fisher, iterative"], seconds, _ = iterative_curve(model, calibration, evaluate, counts, config)
+        curves["fisher, iterative"], seconds, _, recovered = iterative_curve(
+            model, calibration, evaluate, counts, config, recover
+        )
         print(f"fisher, iterative: {seconds:.0f} s of scoring and pruning")
+        if recover is not None:
+            curves[f"fisher + {args.recover} distill_ steps (lr {recover.lr:g})"] = recovered
     if "fisher-normalized" in args.curves:
         normalized = PruneConfig(**{**config.to_dict(), "normalize": True})
-        curves["fisher, iterative, per-layer normalized"], _, _ = iterative_curve(
+        curves["fisher, iterative, per-layer normalized"], _, _, _ = iterative_curve(
             model, calibration, evaluate, counts, normalized
         )
     few = calibration[: args.ablation_texts]
     if "ablation-iterative" in args.curves:
         ablation = PruneConfig(**{**config.to_dict(), "method": "ablation"})
-        curves["ablation, iterative"], seconds, _ = iterative_curve(model, few, evaluate, counts, ablation)
+        curves["ablation, iterative"], seconds, _, _ = iterative_curve(model, few, evaluate, counts, ablation)
         print(f"ablation, iterative: {seconds:.0f} s of scoring and pruning")
     if "ablation-oneshot" in args.curves:
         scores = ablation_importance(model, few, batch_size=args.batch_size)

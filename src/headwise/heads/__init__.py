@@ -21,6 +21,8 @@ Score the heads of a sentence encoder on real text and remove the least importan
   head-to-head similarity of maps and outputs, with clusters of redundant heads.
 * :func:`prune_by_importance_` with a :class:`PruneConfig`: iterative pruning, re-scoring
   after every ``step`` heads.
+* :func:`distill_` with a :class:`DistillConfig`: recovery, a short self-distillation of
+  the pruned model toward an unpruned copy on the calibration text.
 """
 
 from headwise.heads._importance import (
@@ -31,13 +33,17 @@ from headwise.heads._importance import (
 )
 from headwise.heads._iterative import PruneConfig, prune_by_importance_
 from headwise.heads._prune import attention_layers, head_counts, prune_heads_
+from headwise.heads._recovery import DistillConfig, DistillResult, distill_
 from headwise.heads._stats import HeadStatistics, head_statistics
 
 __all__ = [
+    "DistillConfig",
+    "DistillResult",
     "HeadStatistics",
     "PruneConfig",
     "ablation_importance",
     "attention_layers",
+    "distill_",
     "fisher_importance",
     "gradient_importance",
     "head_counts",
