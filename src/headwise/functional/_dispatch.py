@@ -108,8 +108,6 @@ def _prepare_mask(request: AttentionRequest, *, fused_causal: bool) -> PreparedM
         if mask is None and query_len <= key_len:
             return PreparedMask(causal, False, None)  # every row keeps a key
         mask = _masks.merge_masks(mask, causal, dtype=q.dtype)
-    if mask is None:
-        return PreparedMask(None, False, None)
     alive = _masks.row_alive(mask)  # (..., L, 1)
     return PreparedMask(_masks.open_dead_rows(mask, alive), False, alive)
 
