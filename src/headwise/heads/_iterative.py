@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from headwise._workflow import WorkflowConfig
 from headwise.heads._importance import ablation_importance, fisher_importance, normalize_per_layer
 from headwise.heads._prune import prune_heads_
 from headwise.heads._scoring import check_encoder, check_texts, gated_layers
@@ -19,7 +19,7 @@ METHODS = ("fisher", "ablation")
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(WorkflowConfig):
     """How :func:`prune_by_importance_` removes heads.
 
     Args:
@@ -58,19 +58,7 @@ class PruneConfig:
             raise ValueError(f"PruneConfig.method must be one of {METHODS}, got {self.method!r}.")
         if not isinstance(self.normalize, bool):
             raise TypeError(f"PruneConfig.normalize must be a bool, got {self.normalize!r}.")
-        if self.version != 1:
-            raise ValueError(f"PruneConfig version {self.version!r} is not supported (this headwise writes 1).")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready) that :meth:`from_dict` reads back."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown PruneConfig keys {unknown}; expected {sorted(cls.__dataclass_fields__)}.")
-        return cls(**data)
+        self._check_version()
 
 
 def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneConfig) -> list[tuple[int, int]]:

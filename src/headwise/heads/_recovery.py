@@ -6,13 +6,13 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headwise._workflow import WorkflowConfig
 from headwise.heads._scoring import check_encoder, check_texts, embed
 
 __all__ = ["DistillConfig", "DistillResult", "distill_"]
@@ -23,7 +23,7 @@ LOSSES = ("cosine",)
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(WorkflowConfig):
     """How :func:`distill_` trains a student toward its teacher.
 
     Args:
@@ -69,19 +69,7 @@ class DistillConfig:
             raise ValueError(f"DistillConfig.loss must be one of {LOSSES}, got {self.loss!r}.")
         if not isinstance(self.progress, bool):
             raise TypeError(f"DistillConfig.progress must be a bool, got {self.progress!r}.")
-        if self.version != 1:
-            raise ValueError(f"DistillConfig version {self.version!r} is not supported (this headwise writes 1).")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (JSON-ready) that :meth:`from_dict` reads back."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown DistillConfig keys {unknown}; expected {sorted(cls.__dataclass_fields__)}.")
-        return cls(**data)
+        self._check_version()
 
 
 @dataclass(frozen=True)
