@@ -7,6 +7,7 @@ import click
 from headwise.cli.analyze_cmd import analyze_command
 from headwise.cli.inspect_cmd import inspect_command
 from headwise.cli.prune_cmd import prune_command
+from headwise.cli.viz_cmd import viz_command
 
 
 class _Group(click.Group):
@@ -33,9 +34,11 @@ def main() -> None:
       headwise inspect ./my-bert --json
       headwise analyze --out analysis
       headwise prune --fraction 0.3 --out minilm-30
+      headwise viz "The cat sat on the mat."
     """
 
 
 main.add_command(inspect_command)
 main.add_command(analyze_command)
 main.add_command(prune_command)
+main.add_command(viz_command)

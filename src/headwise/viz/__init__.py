@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["layer_head_heatmap", "similarity_heatmap"]
+__all__ = ["attention_map_png", "layer_grid_png", "layer_head_heatmap", "similarity_heatmap"]
 
 
 def _pyplot():
@@ -74,6 +74,52 @@ def similarity_heatmap(matrix: Tensor, heads: Sequence[tuple[int, int]], path: s
     ax.set_yticks(starts, [f"L{heads[s][0]}" for s in starts])
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="cosine similarity")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def attention_map_png(weights: Tensor, tokens: Sequence[str], *, title: str, size: float = 4.0) -> bytes:
+    """One head's attention map as PNG bytes: rows are queries, columns keys, labelled by token.
+
+    Shape:
+        weights (L, L).
+    """
+    import io
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(size, size), dpi=90)
+    ax.imshow(weights.detach().float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    ticks = range(len(tokens))
+    ax.set_xticks(ticks, tokens, rotation=90, fontsize=6)
+    ax.set_yticks(ticks, tokens, fontsize=6)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def layer_grid_png(weights: Tensor, path: str | Path, *, title: str) -> Path:
+    """Every head of one layer side by side, as small unlabelled maps.
+
+    Shape:
+        weights (H, L, L).
+    """
+    plt = _pyplot()
+    heads = weights.shape[0]
+    columns = min(heads, 6)
+    rows = (heads + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows), dpi=90, squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index < heads:
+            ax.imshow(weights[index].detach().float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+            ax.set_title(f"head {index}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -1,0 +1,38 @@
+"""``headwise viz``: every head's map for one text, PNG grids and a self-contained page."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from click.testing import CliRunner
+
+from headwise.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_viz_writes_grids_and_a_self_contained_page(tmp_path):
+    out = tmp_path / "maps"
+    result = CliRunner().invoke(main, ["viz", "The cat sat on the mat.", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "72 heads" in result.output
+    for layer in range(6):
+        assert (out / f"layer{layer}.png").read_bytes().startswith(PNG)
+    page = (out / "attention.html").read_text()
+    maps = json.loads(re.search(r"const maps = (\[.*?\]\]);", page, flags=re.S).group(1))
+    assert [len(layer) for layer in maps] == [12] * 6
+    assert len({m for layer in maps for m in layer}) == 72  # every head's picture differs
+    assert "http://" not in page and "https://" not in page and "<script src" not in page
+
+
+def test_viz_with_a_model_argument_and_errors(tmp_path):
+    import headwise.models
+
+    folder = headwise.models.load().source
+    ok = CliRunner().invoke(main, ["viz", str(folder), "Hello there.", "--out", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    empty = CliRunner().invoke(main, ["viz", "   ", "--out", str(tmp_path / "b")])
+    assert empty.exit_code == 2 and "TEXT is empty" in empty.output
+    many = CliRunner().invoke(main, ["viz", "a", "b", "c"])
+    assert many.exit_code == 2 and "expected [MODEL] TEXT, got 3 arguments" in many.output
