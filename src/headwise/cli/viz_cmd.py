@@ -50,7 +50,7 @@ def render(model_ref: str, text: str, out: Path) -> dict[str, object]:
     batch = model.tokenize([text])
     with torch.no_grad():
         _, maps = model(**batch, output_attentions=True)
-    tokens = model.tokenizer.decode_batch([[i] for i in batch["input_ids"][0].tolist()]) if model.tokenizer else []
+    tokens = [model.tokenizer.id_to_token(i) or "?" for i in batch["input_ids"][0].tolist()]  # [CLS], the, ##s, ...
     out.mkdir(parents=True, exist_ok=True)
     grids = [layer_grid_png(m[0], out / f"layer{i}.png", title=f"layer {i}") for i, m in enumerate(maps)]
     encoded = [

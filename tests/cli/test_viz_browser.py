@@ -1,0 +1,54 @@
+"""The attention page in a real browser: Debian's chromium, driven headless by playwright."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from headwise.cli import main
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("no chromium on PATH: install Debian's browser with `apt-get install -y chromium` (.ci/run does)")
+    return path
+
+
+def test_attention_page_in_chromium(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    out = tmp_path / "maps"
+    result = CliRunner().invoke(main, ["viz", "The cat sat on the mat because it was warm.", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto((out / "attention.html").as_uri())
+        first = page.get_attribute("#map", "src")
+        assert page.evaluate("document.getElementById('map').naturalWidth") > 100  # the image decoded
+        assert page.locator("#layer option").count() == 6 and page.locator("#head option").count() == 12
+        page.select_option("#layer", "3")
+        page.select_option("#head", "5")
+        assert page.get_attribute("#map", "data-layer") == "3" and page.get_attribute("#map", "data-head") == "5"
+        assert page.get_attribute("#map", "src") != first
+        assert page.evaluate("document.getElementById('map').naturalWidth") > 100
+        page.screenshot(path=str(out / "screenshot.png"))
+        browser.close()
+    assert errors == []
+    assert (out / "screenshot.png").stat().st_size > 10_000
