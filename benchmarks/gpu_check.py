@@ -48,7 +48,7 @@ from torch import Tensor, nn
 
 import headwise
 from _harness import format_table  # benchmarks/ is on sys.path when run as a script
-from bench_mha import LinearSDPA, Models
+from bench_mha import LinearSDPA, Models, Shape
 from headwise import MultiheadAttention
 from headwise.functional import attention
 
@@ -590,21 +590,8 @@ def causal_torch_mask(length: int, device: torch.device) -> Tensor:
 
 
 @dataclass(frozen=True)
-class SpeedShape:
-    batch: int
-    length: int
-    embed_dim: int
-    heads: int
-    causal: bool = False
-
-    @property
-    def label(self) -> str:
-        return f"B={self.batch} L={self.length} E={self.embed_dim} H={self.heads}" + (" causal" if self.causal else "")
-
-
-@dataclass(frozen=True)
 class SpeedPlan:
-    shapes: tuple[SpeedShape, ...]
+    shapes: tuple[Shape, ...]
     warmup: int
     rounds: int
     cell_cap_s: float  # fewer rounds (at least 3) when a cell's rounds would take longer
@@ -612,17 +599,17 @@ class SpeedPlan:
 
 SPEED_FULL = SpeedPlan(
     shapes=(
-        SpeedShape(8, 512, 1024, 16),
-        SpeedShape(4, 2048, 1024, 16),
-        SpeedShape(1, 8192, 1024, 16),
-        SpeedShape(1, 8192, 1024, 16, causal=True),
+        Shape(8, 512, 1024, 16),
+        Shape(4, 2048, 1024, 16),
+        Shape(1, 8192, 1024, 16),
+        Shape(1, 8192, 1024, 16, causal=True),
     ),
     warmup=3,
     rounds=20,
     cell_cap_s=6.0,
 )
 SPEED_QUICK = SpeedPlan(
-    shapes=(SpeedShape(2, 64, 64, 4), SpeedShape(1, 128, 64, 4), SpeedShape(1, 128, 64, 4, causal=True)),
+    shapes=(Shape(2, 64, 64, 4), Shape(1, 128, 64, 4), Shape(1, 128, 64, 4, causal=True)),
     warmup=1,
     rounds=3,
     cell_cap_s=0.5,
@@ -702,8 +689,8 @@ def per_round_ratio(samples: dict[str, list[float]], numerator: str, denominator
     return {"median": statistics.median(ratios), "min": min(ratios)}
 
 
-def speed_cell(shape: SpeedShape, dtype: torch.dtype, mode: str, plan: SpeedPlan, device: torch.device) -> dict:
-    models = build_models(shape.embed_dim, shape.heads, device, dtype)
+def speed_cell(shape: Shape, dtype: torch.dtype, mode: str, plan: SpeedPlan, device: torch.device) -> dict:
+    models = build_models(shape.embed_dim, shape.num_heads, device, dtype)
     models.set_training(mode == "train")
     x = speed_input(shape.batch, shape.length, shape.embed_dim, device, dtype)
     mask = causal_torch_mask(shape.length, device) if shape.causal else None
