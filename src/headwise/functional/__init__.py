@@ -36,6 +36,7 @@ __all__ = [
     "explain",
     "from_torch_bool_mask",
     "merge_masks",
+    "needs_autograd",
 ]
 
 
@@ -132,6 +133,11 @@ def attention_weights(
     return probabilities(query, key, prepared, request.scale)  # (B, H, L, S)
 
 
+def needs_autograd(*tensors: Tensor) -> bool:
+    """Whether autograd will record an operation on ``tensors`` (grad mode on and one requires grad)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def attention_mean_weights(
     query: Tensor,
     key: Tensor,
@@ -158,8 +164,7 @@ def attention_mean_weights(
     """
     from headwise.functional._weights import output_and_mean_weights
 
-    needs_grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
-    if needs_grad:
+    if needs_autograd(query, key, value):
         output, _ = attention(query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
         weights = attention_weights(query, key, attn_mask=attn_mask, is_causal=is_causal, scale=scale, average_heads=True)
         return output, weights

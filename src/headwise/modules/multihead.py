@@ -27,6 +27,7 @@ from headwise.functional import (
     causal_mask,
     from_torch_bool_mask,
     merge_masks,
+    needs_autograd,
 )
 
 __all__ = ["MultiheadAttention", "replace_mha_"]
@@ -209,7 +210,7 @@ class MultiheadAttention(nn.MultiheadAttention):
                 weights = weights.mean(dim=1)  # (B, L, S)
         elif need_weights and average_attn_weights:
             out, weights = attention_mean_weights(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, L, D), (B, L, S)
-        elif need_weights and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        elif need_weights and not needs_autograd(q, k, v):
             # inference, every head's map returned: one math pass gives output and maps
             out, weights = attention(q, k, v, attn_mask=mask, is_causal=is_causal, need_weights=True)  # (B, H, L, D), (B, H, L, S)
         else:
