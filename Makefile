@@ -21,19 +21,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps gensim==4.4.0
 	touch $(STAMP)
 
+# the main job: every head of the embedded all-MiniLM-L6-v2 in one report (about 2 minutes)
 demo: $(STAMP)
 	$(PY) examples/demo.py
-	$(PY) benchmarks/bench_mha.py --mode infer --no-memory
+	$(VENV)/bin/headwise report --out headwise-report
+	@echo "open headwise-report/report.html in a browser"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_mha.py
-	$(PY) benchmarks/bench_decode.py
-	$(PY) benchmarks/bench_encode.py
-	$(PY) benchmarks/bench_prune.py
+	$(VENV)/bin/headwise bench --memory
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

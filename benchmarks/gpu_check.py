@@ -47,9 +47,9 @@ import torch
 from torch import Tensor, nn
 
 import headwise
-from _harness import format_table  # benchmarks/ is on sys.path when run as a script
-from bench_mha import LinearSDPA, Models, Shape
 from headwise import MultiheadAttention
+from headwise.bench.harness import format_table
+from headwise.bench.mha import LinearSDPA, Models, Shape
 from headwise.functional import attention
 
 SEED = 0

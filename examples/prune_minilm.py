@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import random
 import re
 import time
 from pathlib import Path
@@ -35,7 +34,15 @@ import torch
 import torch.nn.functional as F
 
 import headwise.models as hm
-from headwise.heads import DistillConfig, PruneConfig, ablation_importance, distill_, prune_by_importance_
+from headwise.heads import (
+    DistillConfig,
+    PruneConfig,
+    ablation_importance,
+    distill_,
+    masked_curve,
+    prune_by_importance_,
+    random_order,
+)
 
 FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
 
@@ -123,32 +130,6 @@ class Evaluator:
         }
 
 
-def masked_curve(model, order, evaluate, counts):
-    """Quality after silencing the first k heads of ``order`` (gates = 0; equals pruning)."""
-    masked = copy.deepcopy(model)
-    layers = masked.attention_layers
-    results, done = {}, 0
-    for k in counts:
-        with torch.no_grad():
-            for layer, head in order[done:k]:
-                layers[layer].head_gate[head] = 0.0
-        done = k
-        results[k] = evaluate(masked)
-    return results
-
-
-def random_order(model, seed, min_heads=1):
-    rng = random.Random(seed)
-    heads = [(layer, h) for layer, n in enumerate(model.num_heads) for h in range(n)]
-    rng.shuffle(heads)
-    left, order = list(model.num_heads), []
-    for layer, head in heads:
-        if left[layer] > min_heads:
-            order.append((layer, head))
-            left[layer] -= 1
-    return order
-
-
 def iterative_curve(model, calibration, evaluate, counts, config, recover=None):
     """The curve of iterative pruning; with a DistillConfig ``recover``, also the curve after distill_."""
     pruned = copy.deepcopy(model)
@@ -232,8 +213,11 @@ def main() -> None:
             if left[layer] > 1:
                 order.append((layer, h))
                 left[layer] -= 1
-        curves["ablation, one-shot"] = masked_curve(model, order, evaluate, counts)
-    randoms = [masked_curve(model, random_order(model, seed), evaluate, counts) for seed in range(args.seeds)]
+        curves["ablation, one-shot"] = dict(zip(counts, masked_curve(model, order, evaluate, counts), strict=True))
+    randoms = [
+        dict(zip(counts, masked_curve(model, random_order(model.num_heads, seed), evaluate, counts), strict=True))
+        for seed in range(args.seeds)
+    ]
 
     def mean_random(k, key):
         values = torch.tensor([r[k][key] for r in randoms])

@@ -1,4 +1,4 @@
-"""The attention page in a real browser: Debian's chromium, driven headless by playwright."""
+"""The attention page and the report in a real browser: Debian's chromium, driven headless by playwright."""
 
 from __future__ import annotations
 
@@ -27,6 +27,42 @@ def _chromium() -> str:
     return path
 
 
+def _open(p, url: str, errors: list[str]):
+    browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    return browser, page
+
+
+def test_report_in_chromium(report_dir):
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser, page = _open(p, (report_dir / "report.html").as_uri(), errors)
+        figures = page.locator("figure[data-figure]")
+        assert figures.count() == 8
+        for i in range(figures.count()):
+            name = figures.nth(i).get_attribute("data-figure")
+            size = figures.nth(i).locator("img").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            assert size[0] > 100 and size[1] > 100, (name, size)  # present, decoded, not empty
+            box = figures.nth(i).bounding_box()
+            assert box is not None and box["width"] > 100 and box["height"] > 100, (name, box)
+        first = page.get_attribute("#map", "src")
+        page.select_option("#layer", "4")
+        page.select_option("#head", "7")
+        assert page.get_attribute("#map", "data-layer") == "4" and page.get_attribute("#map", "data-head") == "7"
+        assert page.get_attribute("#map", "src") != first
+        assert page.evaluate("document.getElementById('map').naturalWidth") > 100
+        assert page.locator("table").count() == 3  # similar pairs, pruning curve, speed
+        page.screenshot(path=str(report_dir / "screenshot.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert (report_dir / "screenshot.png").stat().st_size > 50_000
+
+
 def test_attention_page_in_chromium(tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -35,11 +71,7 @@ def test_attention_page_in_chromium(tmp_path):
     assert result.exit_code == 0, result.output
     errors: list[str] = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_FLAGS)
-        page = browser.new_page()
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto((out / "attention.html").as_uri())
+        browser, page = _open(p, (out / "attention.html").as_uri(), errors)
         first = page.get_attribute("#map", "src")
         assert page.evaluate("document.getElementById('map').naturalWidth") > 100  # the image decoded
         assert page.locator("#layer option").count() == 6 and page.locator("#head option").count() == 12

@@ -90,6 +90,18 @@ def test_clusters():
         stats.redundant_clusters(threshold=2)
 
 
+def test_most_similar():
+    sim = torch.tensor([[1.0, 0.9, 0.1, 0.05], [0.9, 1.0, 0.95, 0.01], [0.1, 0.95, 1.0, -0.2], [0.05, 0.01, -0.2, 1.0]])
+    stats = HeadStatistics([], [], [], [], [], sim, -sim, [(0, 0), (0, 1), (1, 0), (1, 1)], 1)
+    pairs = stats.most_similar(3)  # output similarity is -sim here
+    assert [(a, b) for a, b, _ in pairs] == [((1, 0), (1, 1)), ((0, 1), (1, 1)), ((0, 0), (1, 1))]
+    assert pairs[0][2] == pytest.approx(0.2)
+    assert stats.most_similar(1, kind="map") == [((0, 1), (1, 0), pytest.approx(0.95))]
+    assert len(stats.most_similar(100, kind="map")) == 6  # every pair of distinct heads, no more
+    with pytest.raises(ValueError, match=r"count must be a positive int, got 0"):
+        stats.most_similar(0)
+
+
 def test_empty_texts(minilm):
     with pytest.raises(ValueError, match=r"texts is empty"):
         head_statistics(minilm, [])

@@ -5,8 +5,10 @@ from __future__ import annotations
 import click
 
 from headwise.cli.analyze_cmd import analyze_command
+from headwise.cli.bench_cmd import bench_command
 from headwise.cli.inspect_cmd import inspect_command
 from headwise.cli.prune_cmd import prune_command
+from headwise.cli.report_cmd import report_command
 from headwise.cli.viz_cmd import viz_command
 
 
@@ -35,6 +37,8 @@ def main() -> None:
       headwise analyze --out analysis
       headwise prune --fraction 0.3 --out minilm-30
       headwise viz "The cat sat on the mat."
+      headwise report --out report
+      headwise bench --quick
     """
 
 
@@ -42,3 +46,5 @@ main.add_command(inspect_command)
 main.add_command(analyze_command)
 main.add_command(prune_command)
 main.add_command(viz_command)
+main.add_command(bench_command)
+main.add_command(report_command)

@@ -33,15 +33,11 @@ def parse_heads(spec: str) -> dict[int, list[int]]:
 
 def _quality(reference, candidate, texts: list[str]) -> dict[str, float]:
     """Mean cosine of embeddings, and Spearman correlation of pairwise similarities, against ``reference``."""
-    import torch
+    from dataclasses import asdict
 
-    a, b = reference.encode(texts), candidate.encode(texts)
-    cosine = float((a * b).sum(-1).mean())
-    upper = torch.triu_indices(len(texts), len(texts), offset=1)
-    sa, sb = (a @ a.T)[upper[0], upper[1]], (b @ b.T)[upper[0], upper[1]]
-    ranks_a, ranks_b = sa.argsort().argsort().float(), sb.argsort().argsort().float()
-    spearman = float(torch.corrcoef(torch.stack([ranks_a, ranks_b]))[0, 1])
-    return {"cosine": cosine, "spearman": spearman}
+    from headwise.heads import agreement
+
+    return asdict(agreement(reference.encode(texts), candidate.encode(texts)))
 
 
 def _encode_seconds(model, texts: list[str], repeats: int = 3) -> float:

@@ -21,10 +21,21 @@ Score the heads of a sentence encoder on real text and remove the least importan
   head-to-head similarity of maps and outputs, with clusters of redundant heads.
 * :func:`prune_by_importance_` with a :class:`PruneConfig`: iterative pruning, re-scoring
   after every ``step`` heads.
+* :func:`pruning_curve`: agreement with the unpruned model (:func:`agreement`) against the
+  share of heads removed, iterative importance pruning against :func:`random_order` baselines;
+  :func:`masked_curve` evaluates any removal order by silencing heads.
 * :func:`distill_` with a :class:`DistillConfig`: recovery, a short self-distillation of
   the pruned model toward an unpruned copy on the calibration text.
 """
 
+from headwise.heads._curve import (
+    Agreement,
+    PruningCurve,
+    agreement,
+    masked_curve,
+    pruning_curve,
+    random_order,
+)
 from headwise.heads._importance import (
     ablation_importance,
     fisher_importance,
@@ -37,18 +48,24 @@ from headwise.heads._recovery import DistillConfig, DistillResult, distill_
 from headwise.heads._stats import HeadStatistics, head_statistics
 
 __all__ = [
+    "Agreement",
     "DistillConfig",
     "DistillResult",
     "HeadStatistics",
     "PruneConfig",
+    "PruningCurve",
     "ablation_importance",
+    "agreement",
     "attention_layers",
     "distill_",
     "fisher_importance",
     "gradient_importance",
     "head_counts",
     "head_statistics",
+    "masked_curve",
     "normalize_per_layer",
     "prune_by_importance_",
     "prune_heads_",
+    "pruning_curve",
+    "random_order",
 ]

@@ -46,6 +46,18 @@ class HeadStatistics:
     heads: list[tuple[int, int]]
     num_tokens: int
 
+    def most_similar(self, count: int = 10, *, kind: str = "output") -> list[tuple[tuple[int, int], tuple[int, int], float]]:
+        """The ``count`` most similar pairs of distinct heads, most similar first: (head, head, cosine)."""
+        if kind not in ("output", "map"):
+            raise ValueError(f"kind must be 'output' or 'map', got {kind!r}.")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive int, got {count!r}.")
+        similarity = self.output_similarity if kind == "output" else self.map_similarity
+        rows, cols = torch.triu_indices(len(self.heads), len(self.heads), offset=1)
+        values = similarity[rows, cols]
+        top = values.topk(min(count, values.numel())).indices
+        return [(self.heads[int(rows[i])], self.heads[int(cols[i])], float(values[i])) for i in top]
+
     def redundant_clusters(self, *, threshold: float, kind: str = "output") -> list[list[tuple[int, int]]]:
         """Groups of heads linked by similarity >= ``threshold`` (single linkage), largest first.
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["attention_map_png", "layer_grid_png", "layer_head_heatmap", "similarity_heatmap"]
+__all__ = [
+    "attention_map_png",
+    "layer_grid_png",
+    "layer_head_heatmap",
+    "pruning_curve_png",
+    "similarity_heatmap",
+    "speedup_png",
+]
 
 
 def _pyplot():
@@ -84,6 +91,8 @@ def similarity_heatmap(matrix: Tensor, heads: Sequence[tuple[int, int]], path: s
 def attention_map_png(weights: Tensor, tokens: Sequence[str], *, title: str, size: float = 4.0) -> bytes:
     """One head's attention map as PNG bytes: rows are queries, columns keys, labelled by token.
 
+    The colour scale runs from 0 to the map's largest weight, so diffuse heads stay visible.
+
     Shape:
         weights (L, L).
     """
@@ -91,7 +100,8 @@ def attention_map_png(weights: Tensor, tokens: Sequence[str], *, title: str, siz
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(size, size), dpi=90)
-    ax.imshow(weights.detach().float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    values = weights.detach().float().cpu()
+    ax.imshow(values.numpy(), cmap="Blues", vmin=0.0, vmax=max(float(values.max()), 1e-6))
     ticks = range(len(tokens))
     ax.set_xticks(ticks, tokens, rotation=90, fontsize=6)
     ax.set_yticks(ticks, tokens, fontsize=6)
@@ -120,6 +130,59 @@ def layer_grid_png(weights: Tensor, path: str | Path, *, title: str) -> Path:
             ax.imshow(weights[index].detach().float().cpu().numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
             ax.set_title(f"head {index}", fontsize=8)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def pruning_curve_png(
+    removed: Sequence[int],
+    total_heads: int,
+    importance: Sequence[float],
+    random_mean: Sequence[float],
+    random_std: Sequence[float],
+    path: str | Path,
+    *,
+    seeds: int,
+    label: str = "mean cosine to the unpruned model",
+) -> Path:
+    """Quality against the share of heads removed: importance order, and the random band (mean +- sd)."""
+    plt = _pyplot()
+    share = [100.0 * k / total_heads for k in removed]
+    fig, ax = plt.subplots(figsize=(5.6, 3.6), dpi=110)
+    mean = torch.tensor(list(random_mean))
+    std = torch.tensor(list(random_std))
+    ax.fill_between(share, (mean - std).tolist(), (mean + std).tolist(), color="tab:gray", alpha=0.25, linewidth=0)
+    ax.plot(share, mean.tolist(), "o--", color="tab:gray", label=f"random order (mean of {seeds} seeds, ±1 sd)")
+    ax.plot(share, list(importance), "o-", color="tab:blue", label="by importance (iterative)")
+    ax.set_xlabel("heads removed (%)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("pruning curve")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def speedup_png(labels: Sequence[str], ratios: Sequence[float], path: str | Path, *, title: str) -> Path:
+    """Horizontal bars of speed-ups (time before / time after), with the no-change line at 1."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 0.6 + 0.42 * len(labels)), dpi=110)
+    positions = range(len(labels))
+    ax.barh(positions, list(ratios), color="tab:green")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(positions, list(labels), fontsize=8)
+    ax.invert_yaxis()
+    for y, value in zip(positions, ratios, strict=True):
+        ax.text(value, y, f" {value:.2f}x", va="center", fontsize=8)
+    ax.set_xlabel("speed-up (time unpruned / time pruned)")
+    ax.set_xlim(0, max(*ratios, 1.0) * 1.2)
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

@@ -15,23 +15,25 @@ per round, median (min); > 1 means the pruned model is faster.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_prune.py [--quick] [--fraction 0.5] [--pruned FOLDER]
+    python -m headwise.bench.prune [--quick] [--fraction 0.5] [--pruned FOLDER]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import _harness as hx
 import headwise.models
-from bench_encode import real_sentences
+from headwise.bench import harness as hx
+from headwise.bench.encode import real_sentences
 from headwise.heads import PruneConfig, prune_by_importance_
 
 THREADS = 2
@@ -67,6 +69,58 @@ def run_layers(model: headwise.models.BertEncoder, inputs: list[torch.Tensor], m
             layer(x, attn_mask=mask)
 
 
+def compare_speed(
+    model: headwise.models.BertEncoder,
+    pruned: headwise.models.BertEncoder,
+    texts: list[str],
+    batch_sizes: list[int],
+    budget: hx.Budget | None = None,
+) -> list[dict[str, object]]:
+    """Time(unpruned) / time(pruned), round-robin: ``encode`` end to end, and the attention layers alone.
+
+    ``budget`` None uses the full budgets (about 30 s per batch size).  Returns one dict
+    per comparison and batch size: what, batch_size, unpruned and pruned (formatted
+    speeds) and ratio (median, min).
+    """
+    results = []
+    for batch_size in batch_sizes:
+        encode = {
+            "unpruned": lambda b=batch_size: model.encode(texts, batch_size=b),
+            "pruned": lambda b=batch_size: pruned.encode(texts, batch_size=b),
+        }
+        samples = hx.round_robin(encode, hx.plan_from_warmup(hx.warm_up(encode), budget or FULL))
+        per_second = {name: f"{len(texts) / statistics.median(s):.1f} sent/s" for name, s in samples.items()}
+        ratio = hx.pair_ratio(samples["unpruned"], samples["pruned"])
+        results.append({"what": "encode", "batch_size": batch_size, **per_second, "ratio": asdict(ratio)})
+
+        inputs, mask = attention_inputs(model, texts[:batch_size])
+        layers = {
+            "unpruned": lambda i=inputs, m=mask: run_layers(model, i, m),
+            "pruned": lambda i=inputs, m=mask: run_layers(pruned, i, m),
+        }
+        samples = hx.round_robin(layers, hx.plan_from_warmup(hx.warm_up(layers), budget or ATTENTION))
+        per_call = {name: f"{hx.median_ms(s):.2f} ms" for name, s in samples.items()}
+        ratio = hx.pair_ratio(samples["unpruned"], samples["pruned"])
+        what = f"attention x{len(model.attention_layers)} (L={inputs[0].shape[1]})"
+        results.append({"what": what, "batch_size": batch_size, **per_call, "ratio": asdict(ratio)})
+    return results
+
+
+def summarize(report: dict) -> list[hx.Row]:
+    """One row per comparison and batch size: time(unpruned) / time(pruned)."""
+    heads = report["heads"]
+    return [
+        hx.Row(
+            "prune",
+            f"{r['what']}, batch {r['batch_size']}",
+            f"MiniLM, {heads['before']} heads",
+            f"pruned, {heads['after']} heads (cosine {heads['cosine']:.3f})",
+            hx.Ratio(**r["ratio"]),
+        )
+        for r in report["results"]
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 texts and 3 rounds (smoke test)")
@@ -74,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--fraction", type=float, default=0.5, help="fraction of heads to remove")
     parser.add_argument("--pruned", type=Path, default=None, help="a saved pruned model folder")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
 
@@ -95,31 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{count} sentences, tokens per sentence: mean {tokens.mean().item():.1f}, max {int(tokens.max())}")
     print(f"torch {torch.__version__}, {THREADS} threads; {hx.load_line('start')}")
 
-    rows = []
-    for batch_size in args.batch_sizes:
-        encode = {
-            "unpruned": lambda b=batch_size: model.encode(texts, batch_size=b),
-            "pruned": lambda b=batch_size: pruned.encode(texts, batch_size=b),
-        }
-        samples = hx.round_robin(encode, hx.plan_from_warmup(hx.warm_up(encode), QUICK if args.quick else FULL))
-        ratio = hx.pair_ratio(samples["unpruned"], samples["pruned"])
-        rows.append(["encode", str(batch_size), f"{count / statistics.median(samples['unpruned']):.1f} sent/s",
-                     f"{count / statistics.median(samples['pruned']):.1f} sent/s", ratio.fmt()])
-
-        inputs, mask = attention_inputs(model, texts[:batch_size])
-        layers = {
-            "unpruned": lambda i=inputs, m=mask: run_layers(model, i, m),
-            "pruned": lambda i=inputs, m=mask: run_layers(pruned, i, m),
-        }
-        samples = hx.round_robin(layers, hx.plan_from_warmup(hx.warm_up(layers), QUICK if args.quick else ATTENTION))
-        ratio = hx.pair_ratio(samples["unpruned"], samples["pruned"])
-        rows.append([f"attention x6 (L={inputs[0].shape[1]})", str(batch_size), f"{hx.median_ms(samples['unpruned']):.2f} ms",
-                     f"{hx.median_ms(samples['pruned']):.2f} ms", ratio.fmt()])
+    results = compare_speed(model, pruned, texts, args.batch_sizes, QUICK if args.quick else None)
+    rows = [[r["what"], str(r["batch_size"]), r["unpruned"], r["pruned"], hx.Ratio(**r["ratio"]).fmt()] for r in results]
     print()
     print(hx.format_table(["what", "batch", "unpruned", "pruned", "speedup med (min)"], rows))
     print()
     print("speedup = time(unpruned) / time(pruned) per round; > 1 means the pruned model is faster")
     print(hx.load_line("end"))
+    if args.json is not None:
+        heads = {"before": sum(model.num_heads), "after": sum(pruned.num_heads), "cosine": agreement}
+        args.json.write_text(json.dumps({"torch": torch.__version__, "heads": heads, "results": results}, indent=2))
     return 0
 
 

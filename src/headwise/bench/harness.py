@@ -48,6 +48,21 @@ class Ratio:
         return f"{self.median:.2f} ({self.min:.2f})"
 
 
+@dataclass(frozen=True)
+class Row:
+    """One line of ``headwise bench``'s summary: ``ratio`` = metric(baseline) / metric(candidate).
+
+    ``metric`` is ``"time"`` (seconds per call) or ``"peak memory"`` (MiB); > 1 favours the candidate.
+    """
+
+    suite: str
+    case: str
+    baseline: str
+    candidate: str
+    ratio: Ratio
+    metric: str = "time"
+
+
 def time_sample(step: Step, inner: int) -> float:
     """Seconds per call of ``step``, averaged over ``inner`` back-to-back calls."""
     start = time.perf_counter()

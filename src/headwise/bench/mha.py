@@ -12,11 +12,11 @@ inputs, round-robin after a warm-up:
 Modes: ``infer`` (eval, under ``torch.inference_mode``, forward) and ``train`` (train,
 dropout 0, forward + backward of ``out.sum()``, grads set to None before each step).
 The peak-memory section runs one training step per (implementation, L) in a fresh
-process and reports ``ru_maxrss`` growth over a warm-up baseline.
+process and reports its peak-RSS growth (VmHWM, else ru_maxrss) over a warm-up baseline.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_mha.py [--quick] [--mode {infer,train,all}] [--no-memory] [--json PATH]
+    python -m headwise.bench.mha [--quick] [--mode {infer,train,all}] [--no-memory] [--json PATH]
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import _harness as hx
 from headwise import MultiheadAttention
+from headwise.bench import harness as hx
 
 IMPLS = ("torch_default", "torch_nw", "hw_default", "hw_nw", "linear_sdpa")
 SPEED_RATIOS = (
@@ -350,7 +350,12 @@ def run_speed(config: Config, mode: str) -> list[dict]:
 
 
 def peak_child(impl: str, length: int) -> None:
-    """In a fresh process: MiB of ru_maxrss growth from one training step at ``length``."""
+    """In a fresh process: MiB of peak-RSS growth from one training step at ``length``.
+
+    The growth is read from ``VmHWM`` (this process image's own peak, reset by exec)
+    where /proc has it, else from ``ru_maxrss``, which on Linux starts at the launching
+    process's peak (vfork + exec) and so reads low when that process is large.
+    """
     if impl not in IMPLS:
         raise ValueError(f"unknown implementation {impl!r}; expected one of {', '.join(IMPLS)}.")
     torch.set_num_threads(THREADS)
@@ -361,26 +366,17 @@ def peak_child(impl: str, length: int) -> None:
     train_step(models, forward_fn(models, impl, small))()
     step = train_step(models, forward_fn(models, impl, large))
     baseline, own_peak = hx.maxrss_mib(), hx.hwm_mib()
-    check_rss_not_inherited(baseline, own_peak)
     step()
     after, own_after = hx.maxrss_mib(), hx.hwm_mib()
+    rss_growth = after - baseline
     hwm_growth = None if own_peak is None or own_after is None else own_after - own_peak
-    print(json.dumps({"impl": impl, "length": length, "mib": after - baseline, "vmhwm_mib": hwm_growth}))
-
-
-def check_rss_not_inherited(maxrss: float, own_peak: float | None) -> None:
-    """Raise if ru_maxrss holds the launching process's peak rather than this process's."""
-    if own_peak is not None and maxrss > own_peak + 1.0:
-        raise RuntimeError(
-            f"ru_maxrss baseline {maxrss:.0f} MiB exceeds this process's own peak (VmHWM) "
-            f"{own_peak:.0f} MiB: it holds the launching process's peak (vfork + exec), so the "
-            "growth would read low. Run the memory section before any large computation."
-        )
+    mib = rss_growth if hwm_growth is None else hwm_growth
+    print(json.dumps({"impl": impl, "length": length, "mib": mib, "maxrss_mib": rss_growth, "vmhwm_mib": hwm_growth}))
 
 
 def measure_peak(impl: str, length: int) -> dict[str, float | None]:
-    """Run :func:`peak_child` in a fresh process; its MiB of ru_maxrss (and VmHWM) growth."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_peak", impl, str(length)]
+    """Run :func:`peak_child` in a fresh process; its MiB of peak-RSS growth."""
+    cmd = [sys.executable, "-m", "headwise.bench.mha", "--_peak", impl, str(length)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
@@ -397,8 +393,8 @@ def run_memory(config: Config) -> list[dict]:
     for length in config.memory_lengths:
         runs = {impl: measure_peak(impl, length) for impl in IMPLS}
         mib = {impl: run["mib"] for impl, run in runs.items()}
-        vmhwm = {impl: run["vmhwm_mib"] for impl, run in runs.items()}
-        results.append({"length": length, "mib": mib, "vmhwm_mib": vmhwm})
+        maxrss = {impl: run["maxrss_mib"] for impl, run in runs.items()}
+        results.append({"length": length, "mib": mib, "maxrss_mib": maxrss})
         print(f"  done memory L={length}", file=sys.stderr, flush=True)
     return results
 
@@ -412,10 +408,33 @@ def memory_table(results: list[dict]) -> str:
         rows.append([str(result["length"]), *(f"{mib[impl]:.1f}" for impl in IMPLS), *ratios])
     title = (
         f"== peak memory, one training step, B=1 E={MEMORY_EMBED_DIM} H={MEMORY_HEADS}, fresh process each; "
-        f"ru_maxrss growth over a warm-up at L={MEMORY_WARMUP_LEN} =="
+        f"peak-RSS growth (VmHWM) over a warm-up at L={MEMORY_WARMUP_LEN} =="
     )
     note = "ratios X/Y = MiB(X) / MiB(Y); >1 means Y uses less memory (n/a: Y grew by under 0.5 MiB)"
     return "\n".join([title, note, hx.format_table(headers, rows)])
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summarize(report: dict) -> list[hx.Row]:
+    """One row per mode and shape: the drop-in against torch's layer, both calls."""
+    rows = []
+    for mode, results in report["speed"].items():
+        for result in results:
+            for (numerator, denominator), call in zip(SPEED_RATIOS[:2], ("need_weights=False", "default call"), strict=True):
+                ratio = hx.Ratio(**result["ratios"][f"{numerator}/{denominator}"])
+                case = f"{mode} {result['label']}, {call}"
+                rows.append(hx.Row("mha", case, "torch.nn.MultiheadAttention", "headwise.MultiheadAttention", ratio))
+    for result in report.get("memory", []):
+        for numerator, denominator in MEMORY_RATIOS:
+            mib = result["mib"]
+            if mib[denominator] < 0.5:
+                continue  # the candidate grew by under 0.5 MiB: no meaningful ratio
+            ratio = hx.Ratio(median=mib[numerator] / mib[denominator], min=mib[numerator] / mib[denominator])
+            case = f"train step L={result['length']} E={MEMORY_EMBED_DIM} H={MEMORY_HEADS}, {numerator} vs {denominator}"
+            rows.append(hx.Row("mha", case, "torch.nn.MultiheadAttention", "headwise.MultiheadAttention", ratio, "peak memory"))
+    return rows
 
 
 # ---------------------------------------------------------------- main
@@ -453,8 +472,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "loadavg_start": list(hx.loadavg()),
         "speed": {},
     }
-    # Memory first: a child's ru_maxrss starts at this process's peak (see hx.maxrss_mib),
-    # which stays below the child's own baseline only while this process is still small.
+    # Memory first, while this process is small: children read VmHWM, but where /proc is
+    # missing they fall back to ru_maxrss, which starts at this process's peak (hx.maxrss_mib).
     memory = None if args.no_memory else run_memory(config)
     for mode in modes:
         results = run_speed(config, mode)

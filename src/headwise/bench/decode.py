@@ -21,7 +21,7 @@ above 1e-4 raises RuntimeError.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_decode.py [--quick] [--tokens N] [--json PATH]
+    python -m headwise.bench.decode [--quick] [--tokens N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import _harness as hx
 from headwise import Attention
+from headwise.bench import harness as hx
 
 IMPLS = ("hw_cache", "torch_recompute", "torch_recompute_nw", "manual_cache_sdpa")
 RATIOS = (
@@ -297,6 +297,17 @@ def table(result: dict) -> str:
     return "\n".join([title, hx.format_table(headers, rows), "", ratios])
 
 
+def summarize(report: dict) -> list[hx.Row]:
+    """One row per stack depth and baseline: time(baseline) / time(headwise's cache)."""
+    rows = []
+    for result in report["results"]:
+        for numerator, denominator in RATIOS:
+            case = f"{result['tokens']} tokens, {result['layers']} layer(s)"
+            ratio = hx.Ratio(**result["ratios"][f"{numerator}/{denominator}"])
+            rows.append(hx.Row("decode", case, numerator, "headwise.Attention + KVCache", ratio))
+    return rows
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="32 tokens and few rounds (under 30 s)")
@@ -308,7 +319,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     config = QUICK if args.quick else FULL
     tokens = args.tokens if args.tokens is not None else config.tokens
@@ -333,7 +344,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
         args.json.write_text(json.dumps({**payload, "results": results}, indent=2))
         print(f"wrote {args.json}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,23 +16,26 @@ rounds) and the speedup time(transformers) / time(headwise) per round: median (m
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_encode.py [--quick] [--texts N] [--batch-sizes 1 8 32]
+    python -m headwise.bench.encode [--quick] [--texts N] [--batch-sizes 1 8 32]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import sys
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import _harness as hx
 import headwise.models
+from headwise.bench import harness as hx
 
 THREADS = 2
 TOLERANCE = 1e-5  # max abs difference of the two implementations' embeddings
@@ -79,11 +82,26 @@ def transformers_encode(
     return vectors
 
 
+def summarize(report: dict) -> list[hx.Row]:
+    """One row per batch size: time(transformers) / time(headwise) to encode the same sentences."""
+    return [
+        hx.Row(
+            "encode",
+            f"all-MiniLM-L6-v2, {r['texts']} sentences, batch {r['batch_size']}",
+            "transformers BertModel (sdpa)",
+            "headwise.models",
+            hx.Ratio(**r["ratio"]),
+        )
+        for r in report["results"]
+    ]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="64 texts and 3 rounds (smoke test)")
     parser.add_argument("--texts", type=int, default=None, help="number of sentences (default 256)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON")
     return parser.parse_args(argv)
 
 
@@ -106,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {THREADS} threads; {hx.load_line('start')}")
 
     rows = []
+    results = []
     failures = []
     for batch_size in args.batch_sizes:
         steps = {
@@ -119,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         samples = hx.round_robin(steps, plan)
         ratio = hx.pair_ratio(samples["transformers"], samples["headwise"])
+        results.append({"batch_size": batch_size, "texts": count, "ratio": asdict(ratio), "max_abs_diff": diff})
         rows.append(
             [
                 str(batch_size),
@@ -137,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     print(hx.load_line("end"))
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"torch": torch.__version__, "results": results, "failures": failures}, indent=2))
     return 1 if failures else 0
 
 

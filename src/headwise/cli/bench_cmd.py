@@ -1,0 +1,60 @@
+"""``headwise bench [SUITE...]``: the benchmarks, side by side against PyTorch, as one table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from headwise.bench import SUITES, Row, missing_reference, run_suite
+
+
+def summary_table(rows: list[Row]) -> str:
+    from headwise.bench.harness import format_table
+
+    headers = ["suite", "case", "baseline", "headwise", "metric", "ratio med (min)"]
+    body = [[r.suite, r.case, r.baseline, r.candidate, r.metric, r.ratio.fmt()] for r in rows]
+    return format_table(headers, body)
+
+
+@click.command("bench")
+@click.argument("suites", nargs=-1, type=click.Choice(list(SUITES)))
+@click.option("--quick", is_flag=True, help="Tiny shapes and few rounds: checks that everything runs (a minute or two); not figures to quote.")
+@click.option("--memory", is_flag=True, help="Also mha's peak-memory section (one fresh process per measurement, minutes).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the summary rows here as JSON.")
+def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, json_path: Path | None) -> None:
+    """Run the benchmarks (all suites by default) and print one summary table.
+
+    Each suite prints its detailed tables first; the summary gives, per case, the ratio
+    baseline / headwise (time per call, or peak memory) as the median (min) over
+    round-robin rounds: > 1 means headwise is faster or smaller. Run nothing else on the
+    machine meanwhile. Suites: mha (drop-in vs torch.nn.MultiheadAttention), decode (KV
+    cache), encode (MiniLM vs transformers; needs transformers), prune (pruned vs
+    unpruned MiniLM). One suite with all its options: python -m headwise.bench.mha --help
+
+    \b
+    Examples:
+      headwise bench --quick
+      headwise bench mha decode --json bench.json
+      headwise bench mha --memory
+    """
+    chosen = list(suites) or list(SUITES)
+    rows: list[Row] = []
+    skipped: dict[str, str] = {}
+    for suite in chosen:
+        package = missing_reference(suite)
+        if package is not None and not suites:
+            skipped[suite] = f"needs {package} as its reference (pip install {package})"
+            continue
+        click.echo(f"== {suite} ==", err=True)
+        rows += run_suite(suite, quick=quick, memory=memory)
+    click.echo("\n== summary: baseline / headwise, median (min) over rounds; > 1 favours headwise ==")
+    click.echo(summary_table(rows))
+    for suite, why in skipped.items():
+        click.echo(f"skipped {suite}: {why}")
+    if json_path is not None:
+        payload = {"quick": quick, "rows": [asdict(r) for r in rows], "skipped": skipped}
+        json_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        click.echo(f"wrote {json_path}")

@@ -1,0 +1,89 @@
+"""``headwise report [MODEL] --out DIR``: the whole head loop on a model, as one self-contained HTML page."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from headwise.cli._texts import read_texts
+from headwise.cli.inspect_cmd import DEFAULT_MODEL
+
+
+@click.command("report")
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("headwise-report"), show_default=True)
+@click.option("--texts", "texts_path", type=click.Path(dir_okay=False), help="One text per line: the first half scores heads, the second is held apart (default: Python's docs).")
+@click.option("--limit", type=click.IntRange(min=8), default=64, show_default=True, help="Use at most this many texts.")
+@click.option("--text", "sample_text", help="The text whose attention maps are shown (default: the first held-apart text).")
+@click.option("--fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.3, show_default=True, help="Share of heads removed in the pruned model whose speed is measured.")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Random orders in the pruning curve's baseline.")
+@click.option("--threshold", type=click.FloatRange(-1.0, 1.0, min_open=True), default=0.8, show_default=True, help="Output similarity that makes two heads redundant.")
+@click.option("--map-threshold", type=click.FloatRange(-1.0, 1.0, min_open=True), default=0.95, show_default=True, help="Attention-map similarity that makes two heads redundant.")
+@click.option("--json", "as_json", is_flag=True, help="Print report.json's contents instead of a summary.")
+def report_command(
+    model: str,
+    out: Path,
+    texts_path: str | None,
+    limit: int,
+    sample_text: str | None,
+    fraction: float,
+    seeds: int,
+    threshold: float,
+    map_threshold: float,
+    as_json: bool,
+) -> None:
+    """Everything about a model's heads in one HTML page (no network: images and script inline).
+
+    Head importance, entropy and attention distance, redundant heads, the pruning curve
+    (importance against random orders), every head's attention map with a layer/head
+    picker, and the speed of the pruned model. Writes report.html, report.json and the
+    PNGs into --out. About two minutes for all-MiniLM-L6-v2 on 2 CPU cores.
+
+    \b
+    Examples:
+      headwise report --out report
+      headwise report ./my-bert --texts corpus.txt --limit 200 --fraction 0.5
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from headwise.viz.report import ReportSettings, report_steps, write_report
+
+    settings = ReportSettings(fraction=fraction, seeds=seeds, threshold=threshold, map_threshold=map_threshold)
+    texts, source = read_texts(texts_path, limit=limit)
+    if sample_text is not None and not sample_text.strip():
+        raise ValueError("--text is empty; give the text whose attention maps to show.")
+    start = time.perf_counter()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("starting", total=report_steps(settings))
+        first = [True]
+
+        def on_step(description: str) -> None:
+            progress.update(task, description=description, advance=0 if first[0] else 1)
+            first[0] = False
+
+        report = write_report(
+            model, out, texts=texts, source=source, sample_text=sample_text, settings=settings, on_step=on_step
+        )
+        progress.update(task, completed=report_steps(settings))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    pruned, total = report["pruned"], sum(report["heads_per_layer"])
+    encode = {r["batch_size"]: r["ratio"]["median"] for r in report["speed"] if r["what"] == "encode"}
+    click.echo(f"{report['model']}: {total} heads, {report['texts']}")
+    click.echo(
+        f"{pruned['removed']} heads removed by importance: cosine {pruned['cosine']:.3f} to the unpruned model "
+        f"(random order {pruned['random_cosine']:.3f}); encode speed-up "
+        + ", ".join(f"{ratio:.2f}x at batch {b}" for b, ratio in encode.items())
+    )
+    found = report["redundant_clusters"]
+    click.echo(
+        f"redundant clusters: {len(found['output'])} by output (cosine >= {found['thresholds']['output']}), "
+        f"{len(found['map'])} by attention map (>= {found['thresholds']['map']})"
+    )
+    click.echo(f"wrote {out / 'report.html'} (and report.json, {len(report['figures']) + len(report['layer_maps'])} PNGs) "
+               f"in {time.perf_counter() - start:.0f} s")
