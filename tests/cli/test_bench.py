@@ -10,13 +10,15 @@ from headwise.bench import SUITES
 from headwise.cli import main
 
 
-def test_bench_decode_quick(tmp_path):
-    path = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, ["bench", "decode", "--quick", "--json", str(path)])
+def test_bench_decode_quick():
+    result = CliRunner().invoke(main, ["bench", "decode", "--quick"])
     assert result.exit_code == 0, result.output
-    assert "== summary: baseline / headwise" in result.output
     assert "== decode 32 tokens, 1 attention layer(s)" in result.output  # the suite's own table comes first
-    rows = json.loads(path.read_text())["rows"]
+    summary = result.output.split("== summary: baseline / headwise")[1].splitlines()
+    assert sum(line.startswith("decode ") for line in summary) == 6
+    as_json = CliRunner().invoke(main, ["bench", "decode", "--quick", "--json"])
+    assert as_json.exit_code == 0
+    rows = json.loads(as_json.stdout)["rows"]  # stdout holds only the JSON; the tables went to stderr
     assert [(r["suite"], r["case"], r["baseline"]) for r in rows] == [
         ("decode", f"32 tokens, {layers} layer(s)", baseline)
         for layers in (1, 2)
@@ -25,11 +27,10 @@ def test_bench_decode_quick(tmp_path):
     assert all(r["metric"] == "time" and 0 < r["ratio"]["min"] <= r["ratio"]["median"] for r in rows)
 
 
-def test_bench_mha_quick_with_memory(tmp_path):
-    path = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, ["bench", "mha", "--quick", "--memory", "--json", str(path)])
+def test_bench_mha_quick_with_memory():
+    result = CliRunner().invoke(main, ["bench", "mha", "--quick", "--memory", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(path.read_text())["rows"]
+    rows = json.loads(result.stdout)["rows"]
     speed = [r for r in rows if r["metric"] == "time"]
     assert len(speed) == 2 * 3 * 2  # infer/train x 3 quick shapes x (need_weights=False, default call)
     memory = [r for r in rows if r["metric"] == "peak memory"]

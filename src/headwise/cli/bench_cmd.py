@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import click
 
@@ -23,8 +24,8 @@ def summary_table(rows: list[Row]) -> str:
 @click.argument("suites", nargs=-1, type=click.Choice(list(SUITES)))
 @click.option("--quick", is_flag=True, help="Tiny shapes and few rounds: checks that everything runs (a minute or two); not figures to quote.")
 @click.option("--memory", is_flag=True, help="Also mha's peak-memory section (one fresh process per measurement, minutes).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the summary rows here as JSON.")
-def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, json_path: Path | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the summary rows as JSON on stdout (the suites' tables go to stderr).")
+def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, as_json: bool) -> None:
     """Run the benchmarks (all suites by default) and print one summary table.
 
     Each suite prints its detailed tables first; the summary gives, per case, the ratio
@@ -37,7 +38,7 @@ def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, json_path:
     \b
     Examples:
       headwise bench --quick
-      headwise bench mha decode --json bench.json
+      headwise bench mha decode --json > bench.json
       headwise bench mha --memory
     """
     chosen = list(suites) or list(SUITES)
@@ -49,12 +50,12 @@ def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, json_path:
             skipped[suite] = f"needs {package} as its reference (pip install {package})"
             continue
         click.echo(f"== {suite} ==", err=True)
-        rows += run_suite(suite, quick=quick, memory=memory)
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            rows += run_suite(suite, quick=quick, memory=memory)
+    if as_json:
+        click.echo(json.dumps({"quick": quick, "rows": [asdict(r) for r in rows], "skipped": skipped}, indent=2))
+        return
     click.echo("\n== summary: baseline / headwise, median (min) over rounds; > 1 favours headwise ==")
     click.echo(summary_table(rows))
     for suite, why in skipped.items():
         click.echo(f"skipped {suite}: {why}")
-    if json_path is not None:
-        payload = {"quick": quick, "rows": [asdict(r) for r in rows], "skipped": skipped}
-        json_path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-        click.echo(f"wrote {json_path}")
