@@ -86,26 +86,36 @@ def prune_command(
 
     if (fraction is None) == (spec is None):
         raise click.UsageError("give exactly one of --fraction F or --heads SPEC.")
+    from rich.progress import Progress
+
     texts, source = read_texts(texts_path, limit=limit)
     half = len(texts) // 2
     calibration, evaluation = texts[:half], texts[half:]
-    original = headwise.models.load(model)
-    pruned = copy.deepcopy(original)
-    total = sum(original.num_heads)
-    if spec is not None:
-        plan = parse_heads(spec)
-        prune_heads_(pruned, plan)
-        removed = [(layer, head) for layer, heads in sorted(plan.items()) for head in sorted(heads)]
-    else:
-        count = round(fraction * total)
-        if count < 1:
-            raise ValueError(f"--fraction {fraction} of {total} heads removes none; use a larger fraction.")
-        removed = prune_by_importance_(pruned, calibration, PruneConfig(remove=count, step=max(1, count // 8)))
-    quality = _quality(original, pruned, evaluation)
-    before, after = _encode_seconds(original, evaluation), _encode_seconds(pruned, evaluation)
-    pruned.save(out)
-    if transformers_out is not None:
-        pruned.save(transformers_out, full_heads=True)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("loading the model", total=5)
+        original = headwise.models.load(model)
+        pruned = copy.deepcopy(original)
+        total = sum(original.num_heads)
+        progress.update(task, advance=1, description="pruning")
+        if spec is not None:
+            plan = parse_heads(spec)
+            prune_heads_(pruned, plan)
+            removed = [(layer, head) for layer, heads in sorted(plan.items()) for head in sorted(heads)]
+        else:
+            count = round(fraction * total)
+            if count < 1:
+                raise ValueError(f"--fraction {fraction} of {total} heads removes none; use a larger fraction.")
+            progress.update(task, description=f"pruning {count} heads by importance on {len(calibration)} texts")
+            removed = prune_by_importance_(pruned, calibration, PruneConfig(remove=count, step=max(1, count // 8)))
+        progress.update(task, advance=1, description=f"quality on {len(evaluation)} held-apart texts")
+        quality = _quality(original, pruned, evaluation)
+        progress.update(task, advance=1, description="encode speed before and after")
+        before, after = _encode_seconds(original, evaluation), _encode_seconds(pruned, evaluation)
+        progress.update(task, advance=1, description="saving")
+        pruned.save(out)
+        if transformers_out is not None:
+            pruned.save(transformers_out, full_heads=True)
+        progress.update(task, advance=1)
     result = {
         "model": model,
         "texts": source,
