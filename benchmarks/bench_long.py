@@ -6,7 +6,7 @@ One head-split attention call (B=1, E=512, H=8, D=64, float32, forward under
 * ``full``: ``headwise.functional.attention(q, k, v, is_causal=...)``, which runs
   PyTorch's fused ``F.scaled_dot_product_attention`` (the CPU flash kernel)
 * ``window``: ``headwise.variants.sliding_window_attention``, 512 keys per query
-  (causal: left=511, right=0; bidirectional: left=256, right=255), blocks of 512 queries
+  (causal: left=511, right=0; bidirectional: left=256, right=255), default blocks (256 queries)
 * ``linear``: ``headwise.variants.linear_attention`` with elu+1 features (causal: chunked
   prefix sums, chunks of ``--chunk`` positions)
 
@@ -27,13 +27,14 @@ at L=64k <= 2.2 x L=32k for window and linear.
 Usage::
 
     .venv/bin/python benchmarks/bench_long.py [--lengths 2048,8192,32768,65536] [--modes causal,bidirectional]
-        [--rounds 3] [--no-memory] [--json PATH]
+        [--rounds 3] [--min-sample 1.0] [--no-memory] [--no-time] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -78,9 +79,7 @@ def make_call(impl: str, q: Tensor, k: Tensor, v: Tensor, causal: bool, chunk: i
         return lambda: attention(q, k, v, is_causal=causal, backend="sdpa")[0]
     if impl == "window":
         left, right = window_sides(causal)
-        return lambda: sliding_window_attention(
-            q, k, v, left=left, right=right, is_causal=causal, block_size=WINDOW
-        )
+        return lambda: sliding_window_attention(q, k, v, left=left, right=right, is_causal=causal)
     if impl == "linear":
         return lambda: linear_attention(q, k, v, is_causal=causal, chunk_size=chunk)
     raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLS}.")
@@ -89,16 +88,28 @@ def make_call(impl: str, q: Tensor, k: Tensor, v: Tensor, causal: bool, chunk: i
 # ---------------------------------------------------------------- time
 
 
-def bench_time(length: int, mode: str, rounds: int, chunk: int) -> dict:
+def bench_time(length: int, mode: str, rounds: int, chunk: int, min_sample_s: float) -> dict:
+    """Round-robin timing; a sample of a fast implementation repeats it for ``min_sample_s`` at least.
+
+    One sample of the slow full SDPA is one call, but a sample of window or linear
+    attention is several back-to-back calls (their mean), so that a burst of other work
+    on the machine hits both sides of a ratio alike rather than one short call.
+    """
     causal = mode == "causal"
     q, k, v = build_inputs(length)
     calls = {impl: make_call(impl, q, k, v, causal, chunk) for impl in IMPLS}
-    hx.warm_up(calls)
-    samples = hx.round_robin(calls, hx.Plan(rounds=rounds, inner=1))
+    warm = hx.warm_up(calls)
+    inner = {impl: max(1, min(50, math.ceil(min_sample_s / max(t, 1e-6)))) for impl, t in warm.items()}
+    samples: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    for r in range(rounds):
+        shift = r % len(IMPLS)
+        for impl in IMPLS[shift:] + IMPLS[:shift]:
+            samples[impl].append(hx.time_sample(calls[impl], inner[impl]))
     return {
         "length": length,
         "mode": mode,
         "rounds": rounds,
+        "calls_per_sample": inner,
         "median_s": {impl: statistics.median(s) for impl, s in samples.items()},
         "ratios": {impl: hx.pair_ratio(samples["full"], samples[impl]) for impl in ("window", "linear")},
     }
@@ -197,7 +208,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="comma-separated sequence lengths (default 2048,8192,32768,65536)")
     parser.add_argument("--modes", default=",".join(MODES), help="causal,bidirectional (default both)")
     parser.add_argument("--rounds", type=int, default=3, help="timed round-robin rounds per length and mode")
-    parser.add_argument("--chunk", type=int, default=64, help="chunk size of causal linear attention")
+    parser.add_argument("--min-sample", type=float, default=1.0,
+                        help="seconds a timed sample lasts at least (fast calls are repeated, at most 50 times)")
+    parser.add_argument("--chunk", type=int, default=128, help="chunk size of causal linear attention")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--no-time", action="store_true", help="skip the timing")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -255,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             for mode in args.modes:
                 for length in args.lengths:
                     start = time.perf_counter()
-                    results.append(bench_time(length, mode, args.rounds, args.chunk))
+                    results.append(bench_time(length, mode, args.rounds, args.chunk, args.min_sample))
                     print(f"  timed {mode} L={length} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
         print(f"\n== seconds per call (median of {args.rounds} rounds) and time(full)/time(variant) median (min) ==")
         print(time_table(results))

@@ -128,3 +128,12 @@ def test_random_feature_map_checks_sizes():
         RandomFeatureMap(8, 4)(torch.randn(2, 6))
     with pytest.raises(ValueError, match=r"never forms attention weights"):
         LinearAttention()(*qkv(b=1, h=1, lq=2, s=2, d=2), need_weights=True)
+
+
+def test_causal_inference_path_writes_the_same_output():
+    q, k, v = qkv(b=1, h=2, lq=21, s=21, d=4, dtype=torch.float64, requires_grad=True)
+    with torch.no_grad():
+        inference = linear_attention(q, k, v, is_causal=True, chunk_size=4)
+    training = linear_attention(q, k, v, is_causal=True, chunk_size=4)
+    assert training.requires_grad and not inference.requires_grad
+    torch.testing.assert_close(inference, training, atol=0, rtol=0)

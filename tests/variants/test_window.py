@@ -120,3 +120,16 @@ def test_module_rejects_negative_sizes_and_weights_and_cache():
         SlidingWindow(2, 2)(q, k, v, need_weights=True)
     with pytest.raises(ValueError, match=r"keeps no decoding cache"):
         SlidingWindow(2, 2)(q, k, v, cache=object())
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_inference_path_writes_the_same_output(is_causal):
+    # without autograd the blocks go into one preallocated tensor; with it they are concatenated
+    q, k, v = qkv(b=1, h=2, lq=33, s=33, d=4, dtype=torch.float64, requires_grad=True)
+    kwargs = {"left": 4, "right": 3, "global_tokens": (1, 30), "is_causal": is_causal, "block_size": 8}
+    with torch.no_grad():
+        inference = sliding_window_attention(q, k, v, **kwargs)
+    training = sliding_window_attention(q, k, v, **kwargs)
+    assert training.requires_grad and not inference.requires_grad
+    torch.testing.assert_close(inference, training, atol=0, rtol=0)
+    torch.testing.assert_close(inference, dense_reference(q, k, v, **{k_: kwargs[k_] for k_ in ("left", "right", "global_tokens", "is_causal")}), atol=1e-12, rtol=0)

@@ -46,7 +46,7 @@ class EluFeatureMap(nn.Module):
     """
 
     def forward(self, x: Tensor, *, is_query: bool = False) -> Tensor:
-        return F.elu(x) + 1.0
+        return F.elu(x).add_(1.0)  # in place on elu's fresh output (its backward keeps the input)
 
 
 class RandomFeatureMap(nn.Module):
@@ -267,32 +267,37 @@ def _causal_chunks(
 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """Causal linear attention of L new positions after an initial state, chunk by chunk.
 
+    Each chunk attends its own keys through a (C, C) lower-triangular product and the
+    earlier chunks through the running sums (the prefix sums), which it then updates.
+    A loop over L / C chunks holds one (M, Dv) state at a time, rather than materializing
+    every chunk's prefix sum (that costs more memory traffic than the products).
+
     Shape:
         phi_q, phi_k (B, H, L, M), value (B, H, L, Dv), state ((B, H, M, Dv), (B, H, M))
         -> (B, H, L, Dv), and the state after the L positions.
     """
-    batch, heads, length, features = phi_q.shape
-    dv = value.shape[-1]
-    chunk = min(chunk, max(length, 1))
-    count = math.ceil(length / chunk)
-    pad = count * chunk - length
-    if pad:
-        phi_q, phi_k, value = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, value))  # (B, H, n*C, .)
-    q = phi_q.view(batch, heads, count, chunk, features)  # (B, H, n, C, M)
-    k = phi_k.view(batch, heads, count, chunk, features)  # (B, H, n, C, M)
-    v = value.view(batch, heads, count, chunk, dv)  # (B, H, n, C, Dv)
-    kv = k.transpose(-2, -1) @ v  # (B, H, n, M, Dv)
-    ksum = k.sum(dim=-2)  # (B, H, n, M)
-    kv_total = torch.cumsum(kv, dim=2)  # (B, H, n, M, Dv) inclusive
-    ksum_total = torch.cumsum(ksum, dim=2)  # (B, H, n, M)
-    num0, den0 = state
-    before = torch.cat([torch.zeros_like(kv[:, :, :1]), kv_total[:, :, :-1]], dim=2) + num0.unsqueeze(2)  # (B, H, n, M, Dv)
-    zbefore = torch.cat([torch.zeros_like(ksum[:, :, :1]), ksum_total[:, :, :-1]], dim=2) + den0.unsqueeze(2)  # (B, H, n, M)
-    within = (q @ k.transpose(-2, -1)).tril()  # (B, H, n, C, C)
-    numerator = q @ before + within @ v  # (B, H, n, C, Dv)
-    denominator = (q @ zbefore.unsqueeze(-1)).squeeze(-1) + within.sum(dim=-1)  # (B, H, n, C)
-    out = _divide(numerator, denominator).reshape(batch, heads, count * chunk, dv)[:, :, :length]  # (B, H, L, Dv)
-    return out, (num0 + kv_total[:, :, -1], den0 + ksum_total[:, :, -1])
+    numerator_state, denominator_state = state
+    denominator_state = denominator_state.unsqueeze(-1)  # (B, H, M, 1)
+    # without autograd, chunks are written into one preallocated output (no list + cat copy)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (phi_q, phi_k, value, numerator_state))
+    output = None if grad else value.new_empty(*phi_q.shape[:3], value.shape[-1])  # (B, H, L, Dv)
+    outputs = []
+    for start in range(0, phi_q.shape[-2], chunk):
+        q = phi_q[:, :, start : start + chunk]  # (B, H, c, M)
+        k = phi_k[:, :, start : start + chunk]  # (B, H, c, M)
+        v = value[:, :, start : start + chunk]  # (B, H, c, Dv)
+        within = (q @ k.transpose(-2, -1)).tril_()  # (B, H, c, c)
+        numerator = q @ numerator_state + within @ v  # (B, H, c, Dv)
+        denominator = q @ denominator_state + within.sum(dim=-1, keepdim=True)  # (B, H, c, 1)
+        if output is None:
+            outputs.append(_divide(numerator, denominator.squeeze(-1)))
+        else:
+            output[:, :, start : start + chunk] = _divide(numerator, denominator.squeeze(-1))
+        numerator_state = numerator_state + k.transpose(-2, -1) @ v  # (B, H, M, Dv)
+        denominator_state = denominator_state + k.sum(dim=-2).unsqueeze(-1)  # (B, H, M, 1)
+    if output is None:
+        output = torch.cat(outputs, dim=2) if outputs else value.new_zeros(value.shape)  # (B, H, L, Dv)
+    return output, (numerator_state, denominator_state.squeeze(-1))
 
 
 def recurrent_linear_attention(

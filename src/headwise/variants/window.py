@@ -23,11 +23,16 @@ import torch
 from torch import Tensor, nn
 
 from headwise.errors import ShapeError, fmt_shape
-from headwise.functional import attention, merge_masks
+from headwise.functional import attention, merge_masks, needs_autograd
 
 __all__ = ["SlidingWindow", "sliding_window_attention", "window_mask"]
 
-#: Query rows per block when ``block_size`` is None: at least this many, else the window width.
+_NO_CACHE = (
+    "SlidingWindow keeps no decoding cache; decode with full attention (variant=None) or "
+    "LinearAttention, whose recurrent state is O(1) per token."
+)
+
+#: Query rows per block when ``block_size`` is None: at least this many, else half the window width.
 _MIN_BLOCK = 128
 
 
@@ -105,7 +110,8 @@ def sliding_window_attention(
         is_causal: also require key position <= query position.
         scale: multiplies Q K^T; ``None`` means ``1 / sqrt(D)``.
         dropout_p: dropout on the attention probabilities.
-        block_size: query rows per block; default max(128, left + right).
+        block_size: query rows per block; default max(128, (left + right) // 2), which
+            wastes a third of the products on masked keys and keeps the blocks large.
         backend: passed to :func:`headwise.functional.attention` for every block.
 
     Shape:
@@ -119,7 +125,11 @@ def sliding_window_attention(
         right = 0
     offset = key_len - query_len
     device = query.device
+    # without autograd, blocks are written into one preallocated output (no list + cat copy)
+    grad = needs_autograd(query, key, value) or (attn_mask is not None and needs_autograd(attn_mask))
+    output = None if grad else query.new_empty(*query.shape[:3], value.shape[-1])  # (B, H, L, Dv)
     outputs = []
+    band_masks: dict[tuple[int, int, int], Tensor] = {}
     for start in range(0, query_len, block):
         end = min(start + block, query_len)
         band_start = max(0, start + offset - left)
@@ -129,7 +139,14 @@ def sliding_window_attention(
         if outside:
             cols = torch.cat([cols, torch.tensor(outside, dtype=torch.long, device=device)])  # (s + g,)
         rows = torch.arange(start + offset, end + offset, device=device)  # (l,) query positions
-        mask = _allowed(rows, cols, left, right, global_tokens, is_causal)  # (l, s + g)
+        touches_global = any(band_start <= g < band_end or start + offset <= g < end + offset for g in global_tokens)
+        if outside or touches_global:
+            mask = _allowed(rows, cols, left, right, global_tokens, is_causal)  # (l, s + g)
+        else:  # a plain band block: its mask depends only on the block's shape and band offset
+            shape = (end - start, band_start - start - offset, band_end - band_start)
+            if shape not in band_masks:
+                band_masks[shape] = _allowed(rows, cols, left, right, (), is_causal)  # (l, s)
+            mask = band_masks[shape]
         mask = merge_masks(mask, _slice_mask(attn_mask, start, end, cols), dtype=query.dtype)
         if outside:
             k_block, v_block = key.index_select(2, cols), value.index_select(2, cols)  # (B, K, s + g, D)
@@ -139,8 +156,12 @@ def sliding_window_attention(
             query[:, :, start:end], k_block, v_block, attn_mask=mask, scale=scale, dropout_p=dropout_p,
             backend=backend,
         )  # (B, H, l, Dv)
-        outputs.append(out)
-    output = torch.cat(outputs, dim=2)  # (B, H, L, Dv)
+        if output is None:
+            outputs.append(out)
+        else:
+            output[:, :, start:end] = out
+    if output is None:
+        output = torch.cat(outputs, dim=2)  # (B, H, L, Dv)
     global_rows = [g - offset for g in global_tokens if g >= offset]
     if global_rows:
         index = torch.tensor(global_rows, dtype=torch.long, device=device)  # (Gq,) query rows
@@ -153,7 +174,7 @@ def sliding_window_attention(
             query.index_select(2, index), key, value, attn_mask=mask, scale=scale, dropout_p=dropout_p,
             backend=backend,
         )  # (B, H, Gq, Dv)
-        output = output.index_copy(2, index, out)  # (B, H, L, Dv)
+        output = output.index_copy(2, index, out) if grad else output.index_copy_(2, index, out)  # (B, H, L, Dv)
     return output
 
 
@@ -207,7 +228,7 @@ def _check_window(
             "give key positions, e.g. 0 for [CLS]."
         )
     if block_size is None:
-        block = max(_MIN_BLOCK, left + right)
+        block = max(_MIN_BLOCK, (left + right) // 2)
     elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int or None, got {block_size!r}.")
     else:
@@ -269,10 +290,8 @@ class SlidingWindow(nn.Module):
         self.block_size = block_size
 
     def new_cache(self, batch_size: int, max_len: int, *, num_kv_heads: int, head_dim: int, dtype, device):
-        raise ValueError(
-            "SlidingWindow keeps no decoding cache; decode with full attention (variant=None) or "
-            "LinearAttention, whose recurrent state is O(1) per token."
-        )
+        """Not available: a windowed layer keeps no decoding cache (raises ValueError)."""
+        raise ValueError(_NO_CACHE)
 
     def forward(
         self,
@@ -298,7 +317,7 @@ class SlidingWindow(nn.Module):
                 "use headwise.variants.streaming_head_statistics for per-head statistics of long inputs."
             )
         if cache is not None:
-            self.new_cache(0, 0, num_kv_heads=0, head_dim=0, dtype=None, device=None)
+            raise ValueError(_NO_CACHE)
         out = sliding_window_attention(
             query, key, value, left=self.left, right=self.right, global_tokens=self.global_tokens,
             attn_mask=attn_mask, is_causal=is_causal, scale=scale, dropout_p=dropout_p,
