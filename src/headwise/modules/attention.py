@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import Tensor, nn
 
@@ -10,7 +12,27 @@ from headwise.functional import attention
 from headwise.modules.cache import KVCache
 from headwise.modules.rotary import RotaryEmbedding, positions_for
 
-__all__ = ["Attention"]
+__all__ = ["Attention", "AttentionVariant"]
+
+
+class AttentionVariant(Protocol):
+    """What :class:`Attention` calls in place of full attention when given a ``variant``.
+
+    The variant receives the layer's projected (and rotated, normed) heads and returns
+    ``(output (B, H, L, Dv), weights or None)``; it must reuse
+    :func:`headwise.functional.attention` or be a different attention (linear), never a
+    copy of it.  ``new_cache`` returns its decoding state (or raises if it has none).
+    """
+
+    def __call__(
+        self, query: Tensor, key: Tensor, value: Tensor, *, attn_mask: Tensor | None, is_causal: bool,
+        dropout_p: float, need_weights: bool, cache: Any,
+    ) -> tuple[Tensor, Tensor | None]: ...
+
+    def new_cache(
+        self, batch_size: int, max_len: int, *, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+        device: torch.device,
+    ) -> Any: ...
 
 
 class Attention(nn.Module):
@@ -28,6 +50,10 @@ class Attention(nn.Module):
             dropped with this probability and the kept heads are rescaled by 1 / (1 - p).
         rotary: an injected :class:`~headwise.modules.rotary.RotaryEmbedding` (or ``None``).
         q_norm, k_norm: injected per-head norms (QK-norm), e.g. ``nn.RMSNorm(head_dim)``.
+        variant: an injected attention computation replacing full attention on the same
+            projections, e.g. ``headwise.variants.SlidingWindow(64, 64)`` or
+            ``headwise.variants.LinearAttention()`` (see :class:`AttentionVariant`);
+            ``None`` = :func:`headwise.functional.attention`.
 
     Parameters: ``q_proj`` (E -> H*D), ``k_proj`` and ``v_proj`` (E -> K*D), ``out_proj``
     (H*D -> E), and ``head_gate`` (H,), ones, multiplying each head's output; it does not
@@ -49,6 +75,7 @@ class Attention(nn.Module):
         rotary: RotaryEmbedding | None = None,
         q_norm: nn.Module | None = None,
         k_norm: nn.Module | None = None,
+        variant: nn.Module | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -71,6 +98,7 @@ class Attention(nn.Module):
         self.rotary = rotary
         self.q_norm = q_norm
         self.k_norm = k_norm
+        self.variant = variant
 
     @property
     def head_dim(self) -> int:
@@ -85,8 +113,13 @@ class Attention(nn.Module):
         return self.k_proj.out_features // self._head_dim
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
-        """A preallocated :class:`KVCache` sized for this layer."""
+        """A preallocated :class:`KVCache` sized for this layer (or the variant's decoding state)."""
         weight = self.k_proj.weight
+        if self.variant is not None:
+            return self.variant.new_cache(
+                batch_size, max_len, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                dtype=weight.dtype, device=weight.device,
+            )
         return KVCache(batch_size, max_len, self.num_kv_heads, self.head_dim, dtype=weight.dtype, device=weight.device)
 
     def forward(
@@ -109,7 +142,8 @@ class Attention(nn.Module):
                 broadcastable to (B, H, L, S), e.g. (B, 1, 1, S) for padding.  With a
                 cache, S counts every cached position.
             is_causal: causal mask, bottom-right aligned (new queries see the whole cache).
-            cache: a :class:`KVCache`; the new keys and values are appended to it.
+            cache: a :class:`KVCache`; the new keys and values are appended to it.  With a
+                ``variant``, the state its ``new_cache`` made (via :meth:`new_cache`).
             need_weights: also return per-head attention weights (math backend).
             position_ids: positions of the queries for rotary embeddings; default
                 ``cache.length + arange(L)``.
@@ -139,13 +173,19 @@ class Attention(nn.Module):
                 position_ids = positions_for(query_len, offset, x.device)  # (L,)
             key_positions = position_ids if context is None else positions_for(k.shape[2], offset, x.device)
             q, k = self.rotary(q, k, position_ids, key_positions)
-        if cache is not None:
-            k, v = cache.update(k, v)  # (B, K, S_total, D)
         training = self.training
-        out, weights = attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if training else 0.0,
-            need_weights=need_weights,
-        )  # (B, H, L, D), (B, H, L, S) or None
+        dropout_p = self.dropout if training else 0.0
+        if self.variant is None:
+            if cache is not None:
+                k, v = cache.update(k, v)  # (B, K, S_total, D)
+            out, weights = attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p, need_weights=need_weights
+            )  # (B, H, L, D), (B, H, L, S) or None
+        else:
+            out, weights = self.variant(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p, need_weights=need_weights,
+                cache=cache,
+            )  # (B, H, L, D), None
         gate = self.head_gate
         out = out * (gate if gate.dtype == out.dtype else gate.to(out.dtype)).view(heads, 1, 1)  # (B, H, L, D)
         if training and self.head_dropout > 0.0:

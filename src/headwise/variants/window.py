@@ -1,0 +1,340 @@
+"""Sliding-window attention with optional global tokens, block by block in O(L * w).
+
+Query ``i`` (at key position ``p = S - L + i``, bottom-right aligned as everywhere in
+headwise) may attend key ``j`` when
+
+* ``p - left <= j <= p + right`` (the band; ``is_causal`` also requires ``j <= p``), or
+* ``j`` is a global token (attended by every query), or
+* ``p`` is a global token (a global query attends every key),
+
+and, as always, the caller's ``attn_mask`` allows it.  This is Longformer's local +
+global pattern.  It is computed a block of queries at a time: each block attends its
+band of keys plus the global keys outside the band through
+:func:`headwise.functional.attention` with a small (block, band) mask, and the global
+queries attend every key in one more call.  No L x S tensor is built, forward or
+backward; the result equals the math path with the dense mask of :func:`window_mask`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from headwise.errors import ShapeError, fmt_shape
+from headwise.functional import attention, merge_masks, needs_autograd
+
+__all__ = ["SlidingWindow", "sliding_window_attention", "window_mask"]
+
+_NO_CACHE = (
+    "SlidingWindow keeps no decoding cache; decode with full attention (variant=None) or "
+    "LinearAttention, whose recurrent state is O(1) per token."
+)
+
+#: Query rows per block when ``block_size`` is None: at least this many, else half the window width.
+_MIN_BLOCK = 128
+
+
+def window_mask(
+    query_len: int,
+    key_len: int,
+    *,
+    left: int,
+    right: int,
+    global_tokens: Sequence[int] = (),
+    is_causal: bool = False,
+    rows: tuple[int, int] | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The dense boolean mask (True = may attend) of a sliding window with global tokens.
+
+    The reference for :func:`sliding_window_attention`, and a helper for code that needs
+    a few rows of it: ``rows=(start, end)`` gives only those query rows.
+
+    Shape:
+        returns (L, S) bool, or (end - start, S) with ``rows``.
+    """
+    start, end = (0, query_len) if rows is None else rows
+    positions = torch.arange(start, end, device=device) + (key_len - query_len)  # (l,) key positions
+    return _allowed(positions, torch.arange(key_len, device=device), left, right, global_tokens, is_causal)
+
+
+def _allowed(
+    rows: Tensor, cols: Tensor, left: int, right: int, global_tokens: Sequence[int], is_causal: bool
+) -> Tensor:
+    """Which (query position, key position) pairs the pattern allows.
+
+    Shape:
+        rows (l,), cols (s,) key positions -> (l, s) bool.
+    """
+    gap = cols[None, :] - rows[:, None]  # (l, s): key position - query position
+    allowed = (gap >= -left) & (gap <= right)  # (l, s) band
+    if global_tokens:
+        glob = torch.tensor(list(global_tokens), device=rows.device)  # (G,)
+        allowed |= torch.isin(cols, glob)[None, :] | torch.isin(rows, glob)[:, None]
+    if is_causal:
+        allowed &= gap <= 0
+    return allowed
+
+
+def sliding_window_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    left: int,
+    right: int,
+    global_tokens: Sequence[int] = (),
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    block_size: int | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Attention restricted to a band of ``left`` keys before and ``right`` after each query, plus global tokens.
+
+    Equal to ``attention(query, key, value, attn_mask=window_mask(...) & attn_mask, ...)``
+    on the math path, forward and backward, in O(L * (w + G)) time and memory
+    (w = left + right + block_size, G = number of global tokens).
+
+    Args:
+        query, key, value: the projected heads (grouped-query heads allowed).
+        left, right: keys before / after each query's own position (``right`` is
+            ignored when ``is_causal``); ``left + right + 1`` (``left + 1`` causal) must
+            not exceed S: for shorter sequences use full attention.
+        global_tokens: key positions (0 .. S-1) that attend to all and are attended by all.
+        attn_mask: as in :func:`headwise.functional.attention`, e.g. (B, 1, 1, S)
+            padding; sliced per block, so a dense (L, S) mask works but costs its memory.
+        is_causal: also require key position <= query position.
+        scale: multiplies Q K^T; ``None`` means ``1 / sqrt(D)``.
+        dropout_p: dropout on the attention probabilities.
+        block_size: query rows per block; default max(128, (left + right) // 2), which
+            wastes a third of the products on masked keys and keeps the blocks large.
+        backend: passed to :func:`headwise.functional.attention` for every block.
+
+    Shape:
+        query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) -> (B, H, L, Dv).
+    """
+    query_len, key_len = query.shape[-2], key.shape[-2]
+    left, right, global_tokens, block = _check_window(
+        left, right, global_tokens, block_size, query_len, key_len, is_causal
+    )
+    if is_causal:
+        right = 0
+    offset = key_len - query_len
+    device = query.device
+    # without autograd, blocks are written into one preallocated output (no list + cat copy)
+    grad = needs_autograd(query, key, value) or (attn_mask is not None and needs_autograd(attn_mask))
+    output = None if grad else query.new_empty(*query.shape[:3], value.shape[-1])  # (B, H, L, Dv)
+    outputs = []
+    band_masks: dict[tuple[int, int, int], Tensor] = {}
+    for start in range(0, query_len, block):
+        end = min(start + block, query_len)
+        band_start = max(0, start + offset - left)
+        band_end = min(key_len, end - 1 + offset + right + 1)
+        outside = [g for g in global_tokens if g < band_start or g >= band_end]
+        cols = torch.arange(band_start, band_end, device=device)  # (s,) key positions of the band
+        if outside:
+            cols = torch.cat([cols, torch.tensor(outside, dtype=torch.long, device=device)])  # (s + g,)
+        rows = torch.arange(start + offset, end + offset, device=device)  # (l,) query positions
+        touches_global = any(band_start <= g < band_end or start + offset <= g < end + offset for g in global_tokens)
+        if outside or touches_global:
+            mask = _allowed(rows, cols, left, right, global_tokens, is_causal)  # (l, s + g)
+        else:  # a plain band block: its mask depends only on the block's shape and band offset
+            shape = (end - start, band_start - start - offset, band_end - band_start)
+            if shape not in band_masks:
+                band_masks[shape] = _allowed(rows, cols, left, right, (), is_causal)  # (l, s)
+            mask = band_masks[shape]
+        mask = merge_masks(mask, _slice_mask(attn_mask, start, end, cols), dtype=query.dtype)
+        if outside:
+            k_block, v_block = key.index_select(2, cols), value.index_select(2, cols)  # (B, K, s + g, D)
+        else:
+            k_block, v_block = key[:, :, band_start:band_end], value[:, :, band_start:band_end]  # (B, K, s, D)
+        out, _ = attention(
+            query[:, :, start:end], k_block, v_block, attn_mask=mask, scale=scale, dropout_p=dropout_p,
+            backend=backend,
+        )  # (B, H, l, Dv)
+        if output is None:
+            outputs.append(out)
+        else:
+            output[:, :, start:end] = out
+    if output is None:
+        output = torch.cat(outputs, dim=2)  # (B, H, L, Dv)
+    global_rows = [g - offset for g in global_tokens if g >= offset]
+    if global_rows:
+        index = torch.tensor(global_rows, dtype=torch.long, device=device)  # (Gq,) query rows
+        positions = index + offset  # (Gq,) their key positions
+        everything = torch.arange(key_len, device=device)  # (S,)
+        mask = everything[None, :] <= positions[:, None] if is_causal else None  # (Gq, S)
+        user = None if attn_mask is None else _slice_rows(attn_mask, index)
+        mask = merge_masks(mask, user, dtype=query.dtype)
+        out, _ = attention(
+            query.index_select(2, index), key, value, attn_mask=mask, scale=scale, dropout_p=dropout_p,
+            backend=backend,
+        )  # (B, H, Gq, Dv)
+        output = output.index_copy(2, index, out) if grad else output.index_copy_(2, index, out)  # (B, H, L, Dv)
+    return output
+
+
+def _slice_mask(mask: Tensor | None, start: int, end: int, cols: Tensor) -> Tensor | None:
+    """Rows start:end and columns ``cols`` of a mask broadcastable to (B, H, L, S)."""
+    if mask is None:
+        return None
+    if mask.dim() >= 2 and mask.shape[-2] != 1:
+        mask = mask[..., start:end, :]  # (..., l, S)
+    if mask.shape[-1] != 1:
+        mask = mask.index_select(-1, cols)  # (..., l, s)
+    return mask
+
+
+def _slice_rows(mask: Tensor, index: Tensor) -> Tensor:
+    """Rows ``index`` of a mask broadcastable to (B, H, L, S)."""
+    if mask.dim() >= 2 and mask.shape[-2] != 1:
+        return mask.index_select(-2, index)  # (..., Gq, S)
+    return mask
+
+
+def _check_window(
+    left: int,
+    right: int,
+    global_tokens: Sequence[int],
+    block_size: int | None,
+    query_len: int,
+    key_len: int,
+    is_causal: bool,
+) -> tuple[int, int, list[int], int]:
+    left, right = _check_sizes(left, right)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be a bool, got {type(is_causal).__name__}.")
+    if query_len > key_len:
+        raise ShapeError(
+            f"sliding-window attention needs L <= S (queries are the last L of the S positions), "
+            f"got L={query_len}, S={key_len}."
+        )
+    width = left + 1 if is_causal else left + right + 1
+    if width > key_len:
+        shown = f"left={left}" if is_causal else f"left={left}, right={right}"
+        raise ValueError(
+            f"the window ({shown}: {width} keys per query) is larger than the sequence (S={key_len} keys); "
+            "use full attention for sequences this short, or a smaller window."
+        )
+    tokens = _check_global_tokens(global_tokens)
+    bad = [g for g in tokens if g >= key_len]
+    if bad:
+        raise ValueError(
+            f"global_tokens has positions {bad[:5]} outside the sequence 0..{key_len - 1} (S={key_len}); "
+            "give key positions, e.g. 0 for [CLS]."
+        )
+    if block_size is None:
+        block = max(_MIN_BLOCK, (left + right) // 2)
+    elif isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a positive int or None, got {block_size!r}.")
+    else:
+        block = block_size
+    return left, right, tokens, block
+
+
+def _check_sizes(left: int, right: int) -> tuple[int, int]:
+    for name, value in (("left", left), ("right", right)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int (keys on that side of each query), got {value!r}.")
+        if value < 0:
+            raise ValueError(
+                f"{name}={value} is negative; the window takes {name} >= 0 keys on that side of each query."
+            )
+    return left, right
+
+
+def _check_global_tokens(global_tokens: Sequence[int] | Tensor) -> list[int]:
+    if isinstance(global_tokens, Tensor):
+        if global_tokens.dim() != 1 or global_tokens.is_floating_point():
+            raise ValueError(
+                f"global_tokens must be a 1-D integer tensor or a sequence of ints, got a tensor of "
+                f"shape {fmt_shape(global_tokens.shape)} and dtype {global_tokens.dtype}."
+            )
+        global_tokens = global_tokens.tolist()
+    tokens = list(global_tokens)
+    for g in tokens:
+        if isinstance(g, bool) or not isinstance(g, int):
+            raise TypeError(f"global_tokens must hold int positions, got {g!r}.")
+    negative = [g for g in tokens if g < 0]
+    if negative:
+        raise ValueError(f"global_tokens has negative positions {negative[:5]}; give key positions 0..S-1.")
+    return sorted(set(tokens))
+
+
+class SlidingWindow(nn.Module):
+    """Sliding-window (+ global tokens) attention for :class:`headwise.Attention`'s ``variant``.
+
+    ``Attention(..., variant=SlidingWindow(left=64, right=64, global_tokens=[0]))`` or
+    :func:`headwise.variants.use_variant_` on a trained model: the layer keeps its own
+    projections and computes :func:`sliding_window_attention` instead of full attention.
+    It has no parameters and adds nothing to the state dict.
+
+    Shape:
+        query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) -> (B, H, L, Dv).
+    """
+
+    def __init__(
+        self, left: int, right: int, *, global_tokens: Sequence[int] = (), block_size: int | None = None
+    ) -> None:
+        super().__init__()
+        self.left, self.right = _check_sizes(left, right)
+        self.global_tokens = tuple(_check_global_tokens(global_tokens))
+        if block_size is not None and (
+            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0
+        ):
+            raise ValueError(f"block_size must be a positive int or None, got {block_size!r}.")
+        self.block_size = block_size
+
+    def new_cache(self, batch_size: int, max_len: int, *, num_kv_heads: int, head_dim: int, dtype, device):
+        """Not available: a windowed layer keeps no decoding cache (raises ValueError)."""
+        raise ValueError(_NO_CACHE)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        scale: float | None = None,
+        dropout_p: float = 0.0,
+        need_weights: bool = False,
+        cache: object | None = None,
+    ) -> tuple[Tensor, None]:
+        """Windowed attention of the projected heads; weights are never built.
+
+        Shape:
+            query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) -> (B, H, L, Dv), None.
+        """
+        if need_weights:
+            raise ValueError(
+                "SlidingWindow does not build attention weights (need_weights=True would be an L x S map); "
+                "use headwise.variants.streaming_head_statistics for per-head statistics of long inputs."
+            )
+        if cache is not None:
+            raise ValueError(_NO_CACHE)
+        out = sliding_window_attention(
+            query, key, value, left=self.left, right=self.right, global_tokens=self.global_tokens,
+            attn_mask=attn_mask, is_causal=is_causal, scale=scale, dropout_p=dropout_p,
+            block_size=self.block_size,
+        )  # (B, H, L, Dv)
+        return out, None
+
+    def chunk_mask(self, rows: tuple[int, int], query_len: int, key_len: int, *, is_causal: bool, device) -> Tensor:
+        """Rows ``rows`` of the dense mask this variant applies (for chunked statistics).
+
+        Shape:
+            returns (end - start, S) bool.
+        """
+        return window_mask(
+            query_len, key_len, left=self.left, right=self.right, global_tokens=self.global_tokens,
+            is_causal=is_causal, rows=rows, device=device,
+        )
+
+    def extra_repr(self) -> str:
+        return f"left={self.left}, right={self.right}, global_tokens={list(self.global_tokens)}"
