@@ -142,11 +142,12 @@ class BertEmbeddings(nn.Module):
         """
         length = input_ids.shape[1]
         x = self.word_embeddings(input_ids)  # (B, L, E)
+        # tables are read through their modules (not .weight slices), so quantized tables work too
         if token_type_ids is None:
-            x = x + self.token_type_embeddings.weight[0]  # type 0 everywhere
+            x = x + self.token_type_embeddings(input_ids.new_zeros(1))  # type 0 everywhere, (1, E)
         else:
             x = x + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings.weight[:length]  # positions 0 .. L-1
+        x = x + self.position_embeddings(torch.arange(length, device=input_ids.device))  # positions 0 .. L-1, (L, E)
         return self.dropout(self.norm(x))
 
 
