@@ -161,3 +161,12 @@ def data_and_tensor_parallel(rank: int, world_size: int) -> dict:
     with torch.no_grad():
         results["ddp_next_step"] = _diff(ddp(local)[0], want_next)
     return results
+
+
+def hang(rank: int, world_size: int) -> dict:
+    """Rank 1 never returns: the launcher must kill both ranks at its deadline."""
+    import time
+
+    if rank == 1:
+        time.sleep(3600)
+    return {}

@@ -31,6 +31,7 @@ def _entry(rank: int, world_size: int, port: int, check: Callable[[int, int], di
     except BaseException:  # reported to the test, which fails with the traceback
         result = {"ok": False, "error": traceback.format_exc()}
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
+    dist.barrier()  # no rank tears gloo down while another still talks to it
     dist.destroy_process_group()
 
 

@@ -7,7 +7,13 @@ Each launch is killed and the test fails when it runs past its time limit.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +23,8 @@ from headwise import Attention
 from headwise.parallel import shard_heads_
 from tests.parallel import _checks
 from tests.parallel._launch import launch
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.distributed
 
@@ -58,3 +66,30 @@ def test_model_without_attention_is_refused_before_any_process_group():
     with pytest.raises(TypeError, match="mesh must be a torch.distributed.device_mesh.DeviceMesh, got NoneType"):
         shard_heads_(nn.Sequential(Attention(8, 2)), None)
     assert not torch.distributed.is_initialized()
+
+
+def test_a_hung_rank_is_killed_at_the_deadline(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="2 ranks ran past 8 s"):
+        launch(_checks.hang, 2, tmp_path, timeout=8)
+    assert time.monotonic() - start < 30
+
+
+def test_torchrun_example_matches_the_unsharded_model():
+    """The README's torchrun command (one machine, 2 processes) on all-MiniLM-L6-v2."""
+    env = {"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(ROOT / "examples" / "shard_heads.py"), "--texts", "8"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                          start_new_session=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # torchrun and the ranks it started
+            process.communicate()
+            raise
+    done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = re.search(r"heads per rank \(6, 6, 6, 6, 6, 6\); 8 texts; max \|sharded - unsharded\| over all ranks: (\S+)", done.stdout)
+    assert found, done.stdout
+    assert float(found.group(1)) < 1e-5
