@@ -154,6 +154,8 @@ def test_errors_leave_the_model_unchanged():
         quantize_(model, DYNAMIC)
     assert type(model[0].q_proj) is nn.Linear and type(model[1]) is nn.Linear
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"model is a bare Linear; .*wrap it \(nn.Sequential\(layer\)\)"):
+        quantize_(nn.Linear(4, 4))
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         quantize_("model")
     with pytest.raises(TypeError, match="config must be a headwise.quant.QuantConfig, got dict"):

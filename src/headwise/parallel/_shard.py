@@ -29,7 +29,8 @@ def shard_heads_(model: nn.Module, mesh) -> dict[str, int]:
     must give the same inputs (the model's input is replicated over ``mesh``).  For data
     parallelism on top, shard over the ``"tp"`` dimension of a 2-D mesh and wrap with
     ``fully_shard(model, mesh=mesh["dp"])`` (FSDP2) or ``DistributedDataParallel(model,
-    device_mesh=mesh["dp"])``.
+    device_mesh=mesh["dp"])`` (build the optimizer before the first forward: torch's DDP x TP
+    trains the DTensors' local shards, and after a forward ``parameters()`` lists them no more).
 
     Args:
         model: a module containing :class:`headwise.Attention` layers (a block, an encoder,

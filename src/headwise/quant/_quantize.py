@@ -89,6 +89,11 @@ def _modules_with_parents(model: nn.Module) -> Iterator[tuple[str, nn.Module, st
 
 def _check_model(model: nn.Module, config: QuantConfig) -> None:
     """Every reason the model cannot be quantized, before anything changes."""
+    if type(model) in (*_LINEARS, nn.Embedding):
+        raise ValueError(
+            f"model is a bare {type(model).__name__}; quantize_ swaps modules inside a model, so wrap it "
+            "(nn.Sequential(layer)) and quantize the wrapper."
+        )
     for name, param in model.named_parameters():
         if type(param) is not nn.Parameter:
             raise ValueError(
@@ -200,6 +205,9 @@ def save_quantized(model: nn.Module, path: str | os.PathLike[str], config: Quant
     """Write a quantized model's weights and its config, loadable with ``torch.load(weights_only=True)``.
 
     Returns the path.
+
+    Shape:
+        the model's own shapes are unchanged.
     """
     if not isinstance(config, QuantConfig):
         raise TypeError(f"config must be a headwise.quant.QuantConfig, got {type(config).__name__}.")
@@ -213,6 +221,9 @@ def load_quantized(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
 
     ``model`` has the architecture that was saved (e.g. ``headwise.models.load()`` and the
     same heads pruned).  The file is read with ``torch.load(weights_only=True)``: no code runs.
+
+    Shape:
+        the model's own shapes are unchanged.
     """
     data = torch.load(Path(path), weights_only=True)
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
