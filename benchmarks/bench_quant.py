@@ -36,19 +36,19 @@ from bench_encode import real_sentences
 from headwise.quant import MODES, QuantConfig, quantize_, save_quantized
 
 THREADS = 2
-FULL = hx.Budget(seconds=20.0, min_rounds=5, max_rounds=15, min_sample_s=0.0, max_inner=1)
+FULL = hx.Budget(seconds=30.0, min_rounds=3, max_rounds=10, min_sample_s=0.0, max_inner=1)
 QUICK = hx.Budget(seconds=1.0, min_rounds=3, max_rounds=3, min_sample_s=0.0, max_inner=1)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32 texts and 3 rounds (smoke test)")
-    parser.add_argument("--texts", type=int, default=None, help="number of sentences (default 256)")
+    parser.add_argument("--texts", type=int, default=None, help="number of sentences (default 128)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
 
-    count = args.texts or (32 if args.quick else 256)
+    count = args.texts or (32 if args.quick else 128)
     texts = real_sentences(count)
     models = {"float32": headwise.models.load().eval()}
     for mode in MODES:

@@ -156,6 +156,13 @@ def test_errors_leave_the_model_unchanged():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match=r"model is a bare Linear; .*wrap it \(nn.Sequential\(layer\)\)"):
         quantize_(nn.Linear(4, 4))
+    tables = nn.Sequential(nn.Embedding(10, 4).double(), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"embeddings=True stores tables with PyTorch's CPU float32 kernel, "
+                       r"but '0' is torch.float64 on cpu; pass QuantConfig\(embeddings=False\)"):
+        quantize_(tables)
+    assert type(tables[0]) is nn.Embedding and type(tables[1]) is nn.Linear
+    counts = quantize_(tables, QuantConfig(embeddings=False))
+    assert counts == {"linear": 1, "multihead": 0, "embedding": 0} and type(tables[0]) is nn.Embedding
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         quantize_("model")
     with pytest.raises(TypeError, match="config must be a headwise.quant.QuantConfig, got dict"):

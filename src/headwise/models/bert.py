@@ -320,7 +320,7 @@ class BertEncoder(nn.Module):
         if not batch:
             raise ValueError("texts is empty; tokenize needs at least one text.")
         encodings = self.tokenizer.encode_batch(batch)
-        device = self.embeddings.word_embeddings.weight.device
+        device = self.embeddings.norm.weight.device  # a float tensor, also when the tables are int8
         return {
             "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long, device=device),
             "attention_mask": torch.tensor(
@@ -376,7 +376,7 @@ class BertEncoder(nn.Module):
                     hidden, _ = self(**features)  # (b, L, E)
                     chunks.append(self.pool(hidden, features["attention_mask"], normalize=normalize))
                 width = len(self.sentence_config.pooling) * self.config.hidden_size
-                weight = self.embeddings.word_embeddings.weight
+                weight = self.embeddings.norm.weight  # the model's float dtype and device
                 if not chunks:
                     return torch.empty(0, width, dtype=weight.dtype, device=weight.device)  # (0, P)
                 sorted_vectors = torch.cat(chunks)  # (N, P), longest text first

@@ -28,7 +28,8 @@ class QuantConfig(WorkflowConfig):
             was ~1.35x faster than float32 on MiniLM, but the per-tensor activation scales
             cost accuracy in BERT's feed-forward layers: cosine 0.956 (min) / 0.975 (mean) to
             float32, below the 0.99 the default keeps; it is not the default for that reason.
-        embeddings: also store ``nn.Embedding`` tables as int8 (torchao weight-only, per row).
+        embeddings: also store ``nn.Embedding`` tables in 8 bits per entry (PyTorch's quantized
+            ``Embedding``: a float scale and offset per row, rows dequantized after lookup).
             Word embeddings are about half of a BERT-small checkpoint; without this a
             quantized all-MiniLM-L6-v2 is only ~1.6x smaller than float32.
     """
