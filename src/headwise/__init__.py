@@ -4,6 +4,7 @@ from headwise import functional
 from headwise.errors import BackendError, CheckpointError, ShapeError, TorchCompatShapeError
 from headwise.functional import attention, explain
 from headwise.modules import Attention, KVCache, MultiheadAttention, RotaryEmbedding, replace_mha_
+from headwise.quant import QuantConfig, quantize_
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,7 @@ __all__ = [
     "CheckpointError",
     "KVCache",
     "MultiheadAttention",
+    "QuantConfig",
     "RotaryEmbedding",
     "ShapeError",
     "TorchCompatShapeError",
@@ -20,5 +22,6 @@ __all__ = [
     "attention",
     "explain",
     "functional",
+    "quantize_",
     "replace_mha_",
 ]

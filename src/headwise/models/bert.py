@@ -142,11 +142,12 @@ class BertEmbeddings(nn.Module):
         """
         length = input_ids.shape[1]
         x = self.word_embeddings(input_ids)  # (B, L, E)
+        # tables are read through their modules (not .weight slices), so quantized tables work too
         if token_type_ids is None:
-            x = x + self.token_type_embeddings.weight[0]  # type 0 everywhere
+            x = x + self.token_type_embeddings(input_ids.new_zeros(1))  # type 0 everywhere, (1, E)
         else:
             x = x + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings.weight[:length]  # positions 0 .. L-1
+        x = x + self.position_embeddings(torch.arange(length, device=input_ids.device))  # positions 0 .. L-1, (L, E)
         return self.dropout(self.norm(x))
 
 
@@ -319,7 +320,7 @@ class BertEncoder(nn.Module):
         if not batch:
             raise ValueError("texts is empty; tokenize needs at least one text.")
         encodings = self.tokenizer.encode_batch(batch)
-        device = self.embeddings.word_embeddings.weight.device
+        device = self.embeddings.norm.weight.device  # a float tensor, also when the tables are int8
         return {
             "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long, device=device),
             "attention_mask": torch.tensor(
@@ -375,7 +376,7 @@ class BertEncoder(nn.Module):
                     hidden, _ = self(**features)  # (b, L, E)
                     chunks.append(self.pool(hidden, features["attention_mask"], normalize=normalize))
                 width = len(self.sentence_config.pooling) * self.config.hidden_size
-                weight = self.embeddings.word_embeddings.weight
+                weight = self.embeddings.norm.weight  # the model's float dtype and device
                 if not chunks:
                     return torch.empty(0, width, dtype=weight.dtype, device=weight.device)  # (0, P)
                 sorted_vectors = torch.cat(chunks)  # (N, P), longest text first

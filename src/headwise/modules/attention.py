@@ -114,13 +114,13 @@ class Attention(nn.Module):
 
     def new_cache(self, batch_size: int, max_len: int) -> KVCache:
         """A preallocated :class:`KVCache` sized for this layer (or the variant's decoding state)."""
-        weight = self.k_proj.weight
+        gate = self.head_gate  # a plain tensor of the layer's dtype and device, also when projections are quantized
         if self.variant is not None:
             return self.variant.new_cache(
                 batch_size, max_len, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
-                dtype=weight.dtype, device=weight.device,
+                dtype=gate.dtype, device=gate.device,
             )
-        return KVCache(batch_size, max_len, self.num_kv_heads, self.head_dim, dtype=weight.dtype, device=weight.device)
+        return KVCache(batch_size, max_len, self.num_kv_heads, self.head_dim, dtype=gate.dtype, device=gate.device)
 
     def forward(
         self,
@@ -155,7 +155,7 @@ class Attention(nn.Module):
             x (B, L, E), context (B, S, E) -> out (B, L, E), weights (B, H, L, S).
         """
         q_proj, k_proj, v_proj = self.q_proj, self.k_proj, self.v_proj  # one module lookup each
-        self._check_input(x, context, q_proj.weight)
+        self._check_input(x, context, self.head_gate)  # the layer's dtype, also with quantized projections
         batch, query_len, _ = x.shape
         source = x if context is None else context
         head_dim = self._head_dim

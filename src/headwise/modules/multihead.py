@@ -218,7 +218,7 @@ class MultiheadAttention(nn.MultiheadAttention):
             if need_weights:
                 weights = attention_weights(q, k, attn_mask=mask, is_causal=is_causal)  # (B, H, L, S)
         out = out.transpose(1, 2).reshape(batch, query_len, heads * head_dim)  # (B, L, H*D), H*D = E unless pruned
-        out = F.linear(out, self.out_proj.weight, self.out_proj.bias)  # (B, L, E)
+        out = self.out_proj(out)  # (B, L, E)
         if not batched:
             out = out.squeeze(0)  # (L, E)
             if weights is not None:
@@ -351,8 +351,12 @@ class MultiheadAttention(nn.MultiheadAttention):
                     + (" (S excludes the bias_kv key, which is added by the layer.)" if extra else "")
                 )
 
+    def _reference_weight(self) -> Tensor:
+        """A tensor with the dtype and device the layer computes in."""
+        return self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
+
     def _check_dtype_device(self, query: Tensor, key: Tensor, value: Tensor) -> None:
-        weight = self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
+        weight = self._reference_weight()
         for name, t in (("key", key), ("value", value)):
             if t.dtype != query.dtype:
                 raise TypeError(
