@@ -29,12 +29,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import headwise.models
 from headwise.bench import harness as hx
 from headwise.bench.encode import real_sentences
-from headwise.heads import PruneConfig, prune_by_importance_
+from headwise.heads import PruneConfig, agreement, prune_by_importance_
 
 THREADS = 2
 FULL = hx.Budget(seconds=20.0, min_rounds=5, max_rounds=15, min_sample_s=0.0, max_inner=1)
@@ -143,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         remove = round(args.fraction * sum(model.num_heads))
         prune_by_importance_(pruned, calibration, PruneConfig(remove=remove, step=max(1, remove // 4)))
     kept = sum(pruned.num_heads) / sum(model.num_heads)
-    agreement = F.cosine_similarity(model.encode(texts), pruned.encode(texts), dim=1).mean().item()
+    cosine = agreement(model.encode(texts), pruned.encode(texts)).cosine
     tokens = model.tokenize(texts)["attention_mask"].sum(dim=1).float()
     print(f"all-MiniLM-L6-v2: {sum(model.num_heads)} heads {model.num_heads} vs pruned {sum(pruned.num_heads)} "
-          f"{pruned.num_heads} ({100 * (1 - kept):.0f}% removed); mean cosine to unpruned {agreement:.3f}")
+          f"{pruned.num_heads} ({100 * (1 - kept):.0f}% removed); mean cosine to unpruned {cosine:.3f}")
     print(f"{count} sentences, tokens per sentence: mean {tokens.mean().item():.1f}, max {int(tokens.max())}")
     print(f"torch {torch.__version__}, {THREADS} threads; {hx.load_line('start')}")
 
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     print("speedup = time(unpruned) / time(pruned) per round; > 1 means the pruned model is faster")
     print(hx.load_line("end"))
     if args.json is not None:
-        heads = {"before": sum(model.num_heads), "after": sum(pruned.num_heads), "cosine": agreement}
+        heads = {"before": sum(model.num_heads), "after": sum(pruned.num_heads), "cosine": cosine}
         args.json.write_text(json.dumps({"torch": torch.__version__, "heads": heads, "results": results}, indent=2))
     return 0
 
