@@ -373,7 +373,11 @@ class BertEncoder(nn.Module):
                 chunks = []
                 for start in range(0, len(order), batch_size):
                     features = self.tokenize([batch[i] for i in order[start : start + batch_size]])
-                    hidden, _ = self(**features)  # (b, L, E)
+                    mask = features["attention_mask"]  # (b, L)
+                    padded = not bool(mask.all())  # a batch of equal lengths needs no mask in attention
+                    hidden, _ = self(
+                        features["input_ids"], mask if padded else None, features["token_type_ids"]
+                    )  # (b, L, E)
                     chunks.append(self.pool(hidden, features["attention_mask"], normalize=normalize))
                 width = len(self.sentence_config.pooling) * self.config.hidden_size
                 weight = self.embeddings.norm.weight  # the model's float dtype and device
