@@ -31,10 +31,10 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(PY) -m pytest -q
 
+# every suite of headwise bench with its peak-memory runs (the long suite alone takes about 11 minutes)
 bench: $(STAMP)
 	$(VENV)/bin/headwise bench --memory
 	$(PY) benchmarks/bench_quant.py
-	$(PY) benchmarks/bench_long.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
+import pytest
 from click.testing import CliRunner
 
 from headwise.bench import SUITES
+from headwise.bench import long as bench_long
 from headwise.cli import main
 
 
@@ -40,4 +43,88 @@ def test_bench_mha_quick_with_memory():
 def test_bench_unknown_suite():
     result = CliRunner().invoke(main, ["bench", "flash"])
     assert result.exit_code == 2 and "'flash' is not one of" in result.output
-    assert set(SUITES) == {"mha", "decode", "encode", "prune"}
+    assert set(SUITES) == {"mha", "decode", "encode", "prune", "long"}
+
+
+def _positive_finite(ratio: dict) -> bool:
+    return all(math.isfinite(ratio[key]) and ratio[key] > 0 for key in ("median", "min"))
+
+
+def test_bench_long_quick_with_memory():
+    """Quick lengths (1k, 2k, 4k; memory at 2k and 4k, 12 small processes): about 30 s on 2 cores."""
+    result = CliRunner().invoke(main, ["bench", "long", "--quick", "--memory", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "full/window  full/linear" in result.stderr  # the suite's own tables went to stderr
+    assert "where they cross:" in result.stderr and "peak-RSS growth over one call" in result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    speed = [r for r in rows if r["metric"] == "time"]
+    assert [(r["case"], r["baseline"], r["candidate"]) for r in speed] == [
+        (f"{mode} L={length}", "full SDPA", variant)
+        for mode in ("causal", "bidirectional")
+        for length in (1024, 2048, 4096)
+        for variant in ("window 512", "linear elu+1")
+    ]
+    assert all(r["suite"] == "long" and _positive_finite(r["ratio"]) for r in speed)
+    assert all(r["ratio"]["min"] <= r["ratio"]["median"] for r in speed)
+    memory = [r for r in rows if r["metric"] == "peak memory"]
+    assert [(r["case"], r["baseline"], r["candidate"]) for r in memory] == [
+        (f"{mode} peak growth L=2048->4096", f"{variant} L=4096", f"{variant} L=2048")
+        for mode in ("causal", "bidirectional")
+        for variant in ("window 512", "linear elu+1")
+    ]
+    assert all(_positive_finite(r["ratio"]) for r in memory)
+
+
+def test_bench_long_json_report(tmp_path):
+    """The suite alone, time only, one mode and two lengths: its JSON report and summary rows."""
+    path = tmp_path / "long.json"
+    argv = [
+        "--quick",
+        "--no-memory",
+        "--modes",
+        "causal",
+        "--lengths",
+        "1024,2048",
+        "--rounds",
+        "2",
+        "--json",
+        str(path),
+    ]
+    assert bench_long.main(argv) == 0
+    report = json.loads(path.read_text())
+    assert [(r["mode"], r["length"]) for r in report["time"]] == [("causal", 1024), ("causal", 2048)]
+    assert all(
+        set(r["ratios"]) == {"window", "linear"} and len(r["samples_s"]["full"]) == 2 for r in report["time"]
+    )
+    assert len(report["crossings"]) == 2 and report["targets"] == []  # the targets need L=32k and 64k
+    assert "peak_mib" not in report
+    rows = bench_long.summarize(report)
+    assert len(rows) == 4 and all(r.metric == "time" and math.isfinite(r.ratio.median) for r in rows)
+
+
+def test_bench_long_summary_targets():
+    """At the issue's lengths the rows name their targets; a run that grew under 0.5 MiB gives no growth row."""
+    ratio = {"median": 9.0, "min": 8.5}
+    report = {
+        "time": [{"mode": "causal", "length": 32768, "ratios": {"window": ratio, "linear": ratio}}],
+        "peak_mib": [
+            {"impl": impl, "length": length, "mode": "causal", "mib": mib}
+            for impl, sizes in {"full": (10, 20), "window": (100, 190), "linear": (0.2, 300)}.items()
+            for length, mib in zip((32768, 65536), sizes, strict=True)
+        ],
+    }
+    rows = bench_long.summarize(report)
+    assert [r.case for r in rows] == [
+        "causal L=32768, target >= 8",
+        "causal L=32768, target >= 8",
+        "causal peak growth L=32768->65536, target <= 2.2",
+    ]
+    assert rows[-1].ratio.median == pytest.approx(1.9) and rows[-1].metric == "peak memory"
+    targets = bench_long.memory_targets(report["peak_mib"])
+    assert [(t["met"], t["value"]) for t in targets] == [(True, pytest.approx(1.9)), (False, None)]
+
+
+def test_bench_long_rejects_short_lengths():
+    with pytest.raises(SystemExit) as error:
+        bench_long.parse_args(["--lengths", "512,2048"])
+    assert error.value.code == 2

@@ -133,3 +133,34 @@ def test_inference_path_writes_the_same_output(is_causal):
     assert training.requires_grad and not inference.requires_grad
     torch.testing.assert_close(inference, training, atol=0, rtol=0)
     torch.testing.assert_close(inference, dense_reference(q, k, v, **{k_: kwargs[k_] for k_ in ("left", "right", "global_tokens", "is_causal")}), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("grad", [False, True])
+def test_interior_blocks_batched_in_one_call_match_dense(is_causal, grad):
+    # no global tokens and no mask: the interior band blocks go through attention() together
+    q, k, v = qkv(b=2, h=4, k=2, lq=90, s=101, d=8, dtype=torch.float64, requires_grad=grad)
+    kwargs = {"left": 6, "right": 3, "is_causal": is_causal, "block_size": 4}
+    calls = []
+
+    def spy(*args, **kw):
+        calls.append(args[0].shape[0])
+        return attention(*args, **kw)
+
+    import headwise.variants.window as window
+
+    original = window.attention
+    window.attention = spy
+    try:
+        out = sliding_window_attention(q, k, v, **kwargs)
+    finally:
+        window.attention = original
+    assert max(calls) == 2 * window._BLOCKS_PER_CALL  # B x blocks per call
+    assert len(calls) < -(-90 // 4)  # fewer calls than blocks
+    ref = dense_reference(q, k, v, left=6, right=3, is_causal=is_causal)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    if grad:
+        g = torch.randn_like(out)
+        got, want = torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

@@ -11,7 +11,11 @@ mha    headwise.MultiheadAttention against torch.nn.MultiheadAttention (and Line
 decode headwise.Attention's KV cache against recomputing the prefix and a hand-written cache
 encode all-MiniLM-L6-v2 sentence encoding against transformers' BertModel (needs transformers)
 prune  a head-pruned all-MiniLM-L6-v2 against the unpruned model
+long   full SDPA against window-512 and linear attention at L = 2k to 64k (about 8 minutes)
 ====== ===========================================================================
+
+``memory=True`` (``headwise bench --memory``) adds the peak-memory processes of the mha
+and long suites; without it they are skipped (``--no-memory``).
 """
 
 from __future__ import annotations
@@ -32,9 +36,12 @@ SUITES = {
     "decode": "headwise.bench.decode",
     "encode": "headwise.bench.encode",
     "prune": "headwise.bench.prune",
+    "long": "headwise.bench.long",
 }
 #: reference implementations a suite needs beyond headwise's own dependencies
 _NEEDS = {"encode": "transformers"}
+#: suites whose peak-memory section runs only when memory is asked for
+_MEMORY_SECTIONS = ("mha", "long")
 
 
 def missing_reference(suite: str) -> str | None:
@@ -59,10 +66,12 @@ def run_suite(suite: str, *, quick: bool = False, memory: bool = False) -> list[
     with tempfile.TemporaryDirectory(prefix="headwise-bench-") as folder:
         path = Path(folder) / f"{suite}.json"
         argv = ["--json", str(path), *(["--quick"] if quick else [])]
-        if suite == "mha" and not memory:
+        if suite in _MEMORY_SECTIONS and not memory:
             argv.append("--no-memory")
         status = module.main(argv)
         if status != 0 or not path.is_file():
-            raise RuntimeError(f"benchmark suite {suite} failed (exit status {status}); its output above says why.")
+            raise RuntimeError(
+                f"benchmark suite {suite} failed (exit status {status}); its output above says why."
+            )
         report = json.loads(path.read_text(encoding="utf-8"))
     return module.summarize(report)

@@ -22,9 +22,22 @@ def summary_table(rows: list[Row]) -> str:
 
 @click.command("bench")
 @click.argument("suites", nargs=-1, type=click.Choice(list(SUITES)))
-@click.option("--quick", is_flag=True, help="Tiny shapes and few rounds: checks that everything runs (a minute or two); not figures to quote.")
-@click.option("--memory", is_flag=True, help="Also mha's peak-memory section (one fresh process per measurement, minutes).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary rows as JSON on stdout (the suites' tables go to stderr).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Tiny shapes and few rounds: checks that everything runs (a minute or two); not figures to quote.",
+)
+@click.option(
+    "--memory",
+    is_flag=True,
+    help="Also the peak-memory sections of mha and long (one fresh process per measurement, minutes).",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary rows as JSON on stdout (the suites' tables go to stderr).",
+)
 def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, as_json: bool) -> None:
     """Run the benchmarks (all suites by default) and print one summary table.
 
@@ -33,13 +46,16 @@ def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, as_json: b
     round-robin rounds: > 1 means headwise is faster or smaller. Run nothing else on the
     machine meanwhile. Suites: mha (drop-in vs torch.nn.MultiheadAttention), decode (KV
     cache), encode (MiniLM vs transformers; needs transformers), prune (pruned vs
-    unpruned MiniLM). One suite with all its options: python -m headwise.bench.mha --help
+    unpruned MiniLM), long (full SDPA vs window-512 and linear attention at L=2k..64k,
+    about 8 minutes; --quick: L=1k..4k). One suite with all its options:
+    python -m headwise.bench.mha --help
 
     \b
     Examples:
       headwise bench --quick
       headwise bench mha decode --json > bench.json
       headwise bench mha --memory
+      headwise bench long --quick --memory
     """
     chosen = list(suites) or list(SUITES)
     rows: list[Row] = []
@@ -53,7 +69,9 @@ def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, as_json: b
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
             rows += run_suite(suite, quick=quick, memory=memory)
     if as_json:
-        click.echo(json.dumps({"quick": quick, "rows": [asdict(r) for r in rows], "skipped": skipped}, indent=2))
+        click.echo(
+            json.dumps({"quick": quick, "rows": [asdict(r) for r in rows], "skipped": skipped}, indent=2)
+        )
         return
     click.echo("\n== summary: baseline / headwise, median (min) over rounds; > 1 favours headwise ==")
     click.echo(summary_table(rows))

@@ -11,8 +11,11 @@ and, as always, the caller's ``attn_mask`` allows it.  This is Longformer's loca
 global pattern.  It is computed a block of queries at a time: each block attends its
 band of keys plus the global keys outside the band through
 :func:`headwise.functional.attention` with a small (block, band) mask, and the global
-queries attend every key in one more call.  No L x S tensor is built, forward or
-backward; the result equals the math path with the dense mask of :func:`window_mask`.
+queries attend every key in one more call.  Without global tokens or a caller's mask,
+the interior blocks (band inside the keys, all with the same mask) go several at a time
+into one call, in the batch dimension, which saves Python and kernel launches per
+block.  No L x S tensor is built, forward or backward; the result equals the math path
+with the dense mask of :func:`window_mask`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ _NO_CACHE = (
 
 #: Query rows per block when ``block_size`` is None: at least this many, else half the window width.
 _MIN_BLOCK = 128
+#: Interior band blocks computed together in one call (each call costs Python and a kernel launch).
+_BLOCKS_PER_CALL = 8
 
 
 def window_mask(
@@ -130,7 +135,19 @@ def sliding_window_attention(
     output = None if grad else query.new_empty(*query.shape[:3], value.shape[-1])  # (B, H, L, Dv)
     outputs = []
     band_masks: dict[tuple[int, int, int], Tensor] = {}
-    for start in range(0, query_len, block):
+    plain = not global_tokens and attn_mask is None  # every interior block has the same band mask
+    for start, count in _segments(query_len, key_len, block, left, right, plain=plain):
+        if count > 1:  # `count` interior band blocks, one call with the blocks in the batch dimension
+            layout = (start, count, block, offset, left, right, is_causal)
+            out = _band_blocks(
+                query, key, value, layout, band_masks, scale=scale, dropout_p=dropout_p, backend=backend
+            )  # (B, H, count, block, Dv)
+            end = start + count * block
+            if output is None:
+                outputs.append(out.flatten(2, 3))  # (B, H, count * block, Dv)
+            else:
+                output[:, :, start:end].unflatten(2, (count, block)).copy_(out)  # (B, H, count, block, Dv)
+            continue
         end = min(start + block, query_len)
         band_start = max(0, start + offset - left)
         band_end = min(key_len, end - 1 + offset + right + 1)
@@ -176,6 +193,75 @@ def sliding_window_attention(
         )  # (B, H, Gq, Dv)
         output = output.index_copy(2, index, out) if grad else output.index_copy_(2, index, out)  # (B, H, L, Dv)
     return output
+
+
+def _segments(
+    query_len: int, key_len: int, block: int, left: int, right: int, *, plain: bool
+) -> list[tuple[int, int]]:
+    """(first query row, number of blocks) per attention call, in order.
+
+    With ``plain`` (no global tokens, no caller mask) the interior blocks, whose band lies
+    inside the keys and whose mask is therefore the same, are grouped up to
+    ``_BLOCKS_PER_CALL`` per call; every other block is a call of its own.
+    """
+    offset = key_len - query_len
+    starts = range(0, query_len, block)
+    if not plain:
+        return [(start, 1) for start in starts]
+    # block i is interior when it is full and its band is inside the keys:
+    # i * block + offset - left >= 0 and (i + 1) * block + offset + right <= key_len (= query_len + offset)
+    first = max(0, -((offset - left) // block))  # ceil((left - offset) / block)
+    last = (query_len - right) // block  # one past the last interior block
+    if last - first < 2:
+        return [(start, 1) for start in starts]
+    segments = [(i * block, 1) for i in range(first)]
+    segments += [(i * block, min(_BLOCKS_PER_CALL, last - i)) for i in range(first, last, _BLOCKS_PER_CALL)]
+    return segments + [(start, 1) for start in starts[last:]]
+
+
+def _band_blocks(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    layout: tuple[int, int, int, int, int, int, bool],
+    band_masks: dict[tuple[int, int, int], Tensor],
+    *,
+    scale: float | None,
+    dropout_p: float,
+    backend: str,
+) -> Tensor:
+    """``count`` interior blocks from query row ``start`` in one call: the same math as one call per block.
+
+    ``layout`` is (start, count, block, offset, left, right, is_causal); ``band_masks`` is
+    the cache of band masks of one :func:`sliding_window_attention` call, shared with its
+    one-block path.
+
+    Each block's band of keys is a window of ``key`` (``unfold``: a view for B = 1), and
+    the blocks go to the batch dimension, where they share one (block, band) mask.
+
+    Shape:
+        query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) -> (B, H, count, block, Dv).
+    """
+    start, count, block, offset, left, right, is_causal = layout
+    batch = query.shape[0]
+    band = block + left + right
+    band_start = start + offset - left
+    shape = (block, -left, band)  # the key of a plain band mask in the per-block path
+    if shape not in band_masks:
+        rows = torch.arange(start + offset, start + offset + block, device=query.device)  # (block,)
+        cols = torch.arange(band_start, band_start + band, device=query.device)  # (band,)
+        band_masks[shape] = _allowed(rows, cols, left, right, (), is_causal)  # (block, band)
+    span = slice(band_start, band_start + (count - 1) * block + band)
+    q = query[:, :, start : start + count * block].unflatten(2, (count, block))  # (B, H, count, block, D)
+    q = q.transpose(1, 2).flatten(0, 1)  # (B * count, H, block, D)
+    k, v = (
+        t[:, :, span].unfold(2, band, block).permute(0, 2, 1, 4, 3).flatten(0, 1)  # (B * count, K, band, D)
+        for t in (key, value)
+    )
+    out, _ = attention(
+        q, k, v, attn_mask=band_masks[shape], scale=scale, dropout_p=dropout_p, backend=backend
+    )  # (B * count, H, block, Dv)
+    return out.unflatten(0, (batch, count)).transpose(1, 2)  # (B, H, count, block, Dv)
 
 
 def _slice_mask(mask: Tensor | None, start: int, end: int, cols: Tensor) -> Tensor | None:
