@@ -118,8 +118,8 @@ def test_module_rejects_negative_sizes_and_weights_and_cache():
     q, k, v = qkv(b=1, h=2, lq=8, s=8, d=4)
     with pytest.raises(ValueError, match=r"does not build attention weights"):
         SlidingWindow(2, 2)(q, k, v, need_weights=True)
-    with pytest.raises(ValueError, match=r"keeps no decoding cache"):
-        SlidingWindow(2, 2)(q, k, v, cache=object())
+    with pytest.raises(TypeError, match=r"decodes with the WindowCache"):
+        SlidingWindow(2, 2)(q, k, v, is_causal=True, cache=object())
 
 
 @pytest.mark.parametrize("is_causal", [False, True])

@@ -2,7 +2,8 @@
 
 * :class:`SlidingWindow` / :func:`sliding_window_attention`: a band of ``left`` keys
   before and ``right`` after each query plus global tokens (Longformer), block by block
-  through :func:`headwise.functional.attention`, O(L * w) time and memory, exact.
+  through :func:`headwise.functional.attention`, O(L * w) time and memory, exact; causal
+  decoding keeps only the window and the global tokens (:class:`WindowCache`).
 * :class:`LinearAttention` / :func:`linear_attention`: phi(q) . phi(k) weights with
   :class:`EluFeatureMap` (Katharopoulos et al. 2020) or :class:`RandomFeatureMap`
   (Performer), non-causal, causal by chunked prefix sums, and a recurrent form for
@@ -36,7 +37,7 @@ from headwise.variants.linear import (
     recurrent_linear_attention,
 )
 from headwise.variants.stats import LongHeadStatistics, streaming_head_statistics
-from headwise.variants.window import SlidingWindow, sliding_window_attention, window_mask
+from headwise.variants.window import SlidingWindow, WindowCache, sliding_window_attention, window_mask
 
 __all__ = [
     "EluFeatureMap",
@@ -45,6 +46,7 @@ __all__ = [
     "LongHeadStatistics",
     "RandomFeatureMap",
     "SlidingWindow",
+    "WindowCache",
     "linear_attention",
     "linear_attention_reference",
     "recurrent_linear_attention",

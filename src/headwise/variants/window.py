@@ -28,12 +28,8 @@ from torch import Tensor, nn
 from headwise.errors import ShapeError, fmt_shape
 from headwise.functional import attention, merge_masks, needs_autograd
 
-__all__ = ["SlidingWindow", "sliding_window_attention", "window_mask"]
+__all__ = ["SlidingWindow", "WindowCache", "sliding_window_attention", "window_mask"]
 
-_NO_CACHE = (
-    "SlidingWindow keeps no decoding cache; decode with full attention (variant=None) or "
-    "LinearAttention, whose recurrent state is O(1) per token."
-)
 
 #: Query rows per block when ``block_size`` is None: at least this many, else half the window width.
 _MIN_BLOCK = 128
@@ -375,9 +371,14 @@ class SlidingWindow(nn.Module):
             raise ValueError(f"block_size must be a positive int or None, got {block_size!r}.")
         self.block_size = block_size
 
-    def new_cache(self, batch_size: int, max_len: int, *, num_kv_heads: int, head_dim: int, dtype, device):
-        """Not available: a windowed layer keeps no decoding cache (raises ValueError)."""
-        raise ValueError(_NO_CACHE)
+    def new_cache(
+        self, batch_size: int, max_len: int, *, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device
+    ) -> WindowCache:
+        """A :class:`WindowCache` for causal decoding: it holds only what the window still needs."""
+        return WindowCache(
+            batch_size, max_len, num_kv_heads, head_dim, left=self.left, global_tokens=self.global_tokens,
+            dtype=dtype, device=device,
+        )
 
     def forward(
         self,
@@ -403,7 +404,16 @@ class SlidingWindow(nn.Module):
                 "use headwise.variants.streaming_head_statistics for per-head statistics of long inputs."
             )
         if cache is not None:
-            raise ValueError(_NO_CACHE)
+            if not isinstance(cache, WindowCache):
+                raise TypeError(
+                    f"SlidingWindow decodes with the WindowCache that layer.new_cache(...) makes, got "
+                    f"{type(cache).__name__}."
+                )
+            if not is_causal:
+                raise ValueError(
+                    "decoding with a WindowCache is causal (each new token sees earlier ones): pass is_causal=True."
+                )
+            return cache.attend(query, key, value, attn_mask=attn_mask, scale=scale, dropout_p=dropout_p), None
         out = sliding_window_attention(
             query, key, value, left=self.left, right=self.right, global_tokens=self.global_tokens,
             attn_mask=attn_mask, is_causal=is_causal, scale=scale, dropout_p=dropout_p,
@@ -424,3 +434,177 @@ class SlidingWindow(nn.Module):
 
     def extra_repr(self) -> str:
         return f"left={self.left}, right={self.right}, global_tokens={list(self.global_tokens)}"
+
+
+class WindowCache:
+    """The keys and values that causal sliding-window decoding still needs, and no others.
+
+    A query at position p sees keys p - left .. p and the global tokens, so once the last
+    global position has gone by, only the global tokens' keys and the last ``left``
+    positions are kept: memory O(left + G) however long the decoding runs, where a
+    :class:`~headwise.modules.KVCache` grows with every token.  (Until then every position
+    is kept, since a global query attends every earlier key.)  :meth:`attend` appends the
+    new keys and values and runs the new queries against what is held, through
+    :func:`headwise.functional.attention` with the window's mask; a first call on an
+    empty cache (a prompt) goes through :func:`sliding_window_attention`, O(L * w).
+    Decoding token by token equals one causal windowed pass over the whole sequence.
+
+    ``length`` counts every position seen (the next token's position, read by
+    :class:`headwise.Attention` for rotary positions); ``held`` counts the positions kept.
+
+    Shape:
+        keys, values (B, K, capacity, D), the first ``held`` filled: the kept global
+        positions, then the positions ``length - recent .. length - 1``.
+    """
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_len: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        left: int,
+        global_tokens: Sequence[int] = (),
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        for name, value in (
+            ("batch_size", batch_size), ("max_len", max_len), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"WindowCache {name} must be a positive int, got {value!r}.")
+        self.left, _ = _check_sizes(left, 0)
+        self.global_tokens = tuple(sorted(_check_global_tokens(global_tokens)))
+        self.max_len = max_len
+        capacity = min(max_len, len(self.global_tokens) + 2 * (self.left + 1) + 16)
+        self.keys = torch.zeros(batch_size, num_kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
+        self.length = 0
+        self._globals: list[int] = []  # kept global positions below _start, in order
+        self._start = 0  # positions _start .. length - 1 follow the globals in the buffers
+
+    @property
+    def held(self) -> int:
+        return len(self._globals) + self.length - self._start
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are kept)."""
+        self.length, self._globals, self._start = 0, [], 0
+
+    def positions(self) -> Tensor:
+        """Key positions of the held rows, in buffer order.  Shape: (held,)."""
+        device = self.keys.device
+        recent = torch.arange(self._start, self.length, device=device)  # (held - G_kept,)
+        if not self._globals:
+            return recent
+        return torch.cat([torch.tensor(self._globals, dtype=torch.long, device=device), recent])  # (held,)
+
+    def attend(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        *,
+        attn_mask: Tensor | None = None,
+        scale: float | None = None,
+        dropout_p: float = 0.0,
+    ) -> Tensor:
+        """Append the new keys and values, then attend the new queries causally through the window.
+
+        Args:
+            query, key, value: the new positions' heads (grouped-query heads allowed).
+            attn_mask: as for a :class:`~headwise.modules.KVCache`: broadcastable to
+                (B, H, L, S) where S counts every position seen so far (``length`` after
+                this call), e.g. (B, 1, 1, S) padding; only the held positions' columns are used.
+
+        Shape:
+            query (B, H, L, D), key (B, K, L, D), value (B, K, L, Dv) -> (B, H, L, Dv).
+        """
+        new = key.shape[2]
+        keys = self.keys
+        expected = (keys.shape[0], keys.shape[1], new, keys.shape[3])
+        if tuple(key.shape) != expected or tuple(value.shape) != expected or query.shape[2] != new:
+            raise ShapeError(
+                f"WindowCache holds (B, K, D) = {(expected[0], expected[1], expected[3])} and takes as many "
+                f"queries as keys, got query {fmt_shape(query.shape)}, key {fmt_shape(key.shape)}, value "
+                f"{fmt_shape(value.shape)}; build one cache per layer with layer.new_cache(...)."
+            )
+        first, end = self.length, self.length + new
+        if end > self.max_len:
+            raise ValueError(
+                f"WindowCache is full: it was made for max_len={self.max_len} positions, {self.length} are used "
+                f"and {new} more were given; create it with max_len >= {end}."
+            )
+        if attn_mask is not None and attn_mask.shape[-1] not in (1, end):
+            raise ShapeError(
+                f"attn_mask has {attn_mask.shape[-1]} key columns but the sequence has {end} positions "
+                "with these tokens; give one column per position seen (or 1 to broadcast)."
+            )
+        if first == 0 and new >= self.left + 1:  # a prompt: blockwise, O(L * w)
+            out = sliding_window_attention(
+                query, key, value, left=self.left, right=0, global_tokens=[g for g in self.global_tokens if g < end],
+                attn_mask=attn_mask, is_causal=True, scale=scale, dropout_p=dropout_p,
+            )  # (B, H, L, Dv)
+            self._store_prompt(key, value)
+            return out
+        self._make_room(new)
+        held = self.held
+        keys.narrow(2, held, new).copy_(key)
+        self.values.narrow(2, held, new).copy_(value)
+        self.length = end
+        columns = self.positions()  # (held + L,) key positions
+        rows = torch.arange(first, end, device=keys.device)  # (L,) query positions
+        mask = _allowed(rows, columns, self.left, 0, self.global_tokens, True)  # (L, held + L), causal
+        if attn_mask is not None:
+            user = attn_mask if attn_mask.shape[-1] == 1 else attn_mask.index_select(-1, columns)
+            mask = merge_masks(mask, user, dtype=query.dtype)
+        out, _ = attention(
+            query, keys.narrow(2, 0, held + new), self.values.narrow(2, 0, held + new), attn_mask=mask,
+            scale=scale, dropout_p=dropout_p,
+        )  # (B, H, L, Dv)
+        return out
+
+    def _keep_from(self, length: int) -> int:
+        """First recent position to keep once ``length`` positions are seen (all, while a global is to come)."""
+        if any(g >= length for g in self.global_tokens):
+            return 0
+        return max(0, length - self.left)
+
+    def _store_prompt(self, key: Tensor, value: Tensor) -> None:
+        """Keep only what later tokens need of a prompt that filled an empty cache."""
+        new = key.shape[2]
+        start = self._keep_from(new)
+        kept_globals = [g for g in self.global_tokens if g < start]
+        rows = len(kept_globals) + new - start
+        self._ensure_capacity(rows)
+        index = torch.tensor(kept_globals + list(range(start, new)), dtype=torch.long, device=key.device)
+        self.keys.narrow(2, 0, rows).copy_(key.index_select(2, index))  # (B, K, rows, D)
+        self.values.narrow(2, 0, rows).copy_(value.index_select(2, index))
+        self.length, self._globals, self._start = new, kept_globals, start
+
+    def _make_room(self, new: int) -> None:
+        """Drop the positions no later query can see, then grow the buffers if still too small."""
+        if self.held + new > self.keys.shape[2]:
+            start = self._keep_from(self.length)
+            if start > self._start:
+                globals_ = self._globals + [g for g in self.global_tokens if self._start <= g < start]
+                old = self.positions()  # (held,)
+                keep = torch.tensor(globals_ + list(range(start, self.length)), device=old.device)  # (kept,)
+                index = torch.searchsorted(old, keep)  # (kept,): rows of the kept positions (both sorted)
+                for buffer in (self.keys, self.values):
+                    buffer.narrow(2, 0, keep.numel()).copy_(buffer.index_select(2, index))
+                self._globals, self._start = globals_, start
+        self._ensure_capacity(self.held + new)
+
+    def _ensure_capacity(self, rows: int) -> None:
+        capacity = self.keys.shape[2]
+        if rows <= capacity:
+            return
+        size = min(self.max_len, max(rows, 2 * capacity))
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            grown = old.new_zeros(*old.shape[:2], size, old.shape[3])  # (B, K, size, D)
+            grown.narrow(2, 0, self.held).copy_(old.narrow(2, 0, self.held))
+            setattr(self, name, grown)
+
