@@ -18,7 +18,9 @@ def _layer(left: int, global_tokens: tuple[int, ...]) -> Attention:
     return Attention(32, 4, num_kv_heads=2, rotary=RotaryEmbedding(8), variant=variant).double().eval()
 
 
-def _decode(layer: Attention, x: torch.Tensor, steps: list[int], mask: torch.Tensor | None = None) -> torch.Tensor:
+def _decode(
+    layer: Attention, x: torch.Tensor, steps: list[int], mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Feed ``x`` in chunks of the given sizes through one cache.  Shape: (B, L, E) -> (B, L, E)."""
     cache = layer.new_cache(x.shape[0], x.shape[1])
     outputs, start = [], 0
@@ -82,7 +84,9 @@ def test_memory_stays_bounded_over_a_long_decode():
     with torch.no_grad():
         expected, _ = layer(x, is_causal=True)
         cache.reset()
-        got = torch.cat([layer(x[:, t : t + 1], is_causal=True, cache=cache)[0] for t in range(tokens)], dim=1)
+        got = torch.cat(
+            [layer(x[:, t : t + 1], is_causal=True, cache=cache)[0] for t in range(tokens)], dim=1
+        )
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
 
 
