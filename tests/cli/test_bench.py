@@ -57,13 +57,19 @@ def test_bench_long_quick_with_memory():
     assert "full/window  full/linear" in result.stderr  # the suite's own tables went to stderr
     assert "where they cross:" in result.stderr and "peak-RSS growth over one call" in result.stderr
     rows = json.loads(result.stdout)["rows"]
-    speed = [r for r in rows if r["metric"] == "time"]
+    speed = [r for r in rows if r["metric"] == "time" and not r["case"].startswith("decode")]
     assert [(r["case"], r["baseline"], r["candidate"]) for r in speed] == [
         (f"{mode} L={length}", "full SDPA", variant)
         for mode in ("causal", "bidirectional")
         for length in (1024, 2048, 4096)
         for variant in ("window 512", "linear elu+1")
     ]
+    decode = [r for r in rows if r["case"].startswith("decode")]
+    assert [(r["case"], r["baseline"], r["candidate"]) for r in decode] == [
+        (f"decode 1 token after L={length}", "full KVCache", "window 512 cache") for length in (1024, 2048, 4096)
+    ]
+    assert all(_positive_finite(r["ratio"]) for r in decode)
+    assert "window cache MiB" in result.stderr
     assert all(r["suite"] == "long" and _positive_finite(r["ratio"]) for r in speed)
     assert all(r["ratio"]["min"] <= r["ratio"]["median"] for r in speed)
     memory = [r for r in rows if r["metric"] == "peak memory"]
@@ -87,6 +93,7 @@ def test_bench_long_json_report(tmp_path):
         "1024,2048",
         "--rounds",
         "2",
+        "--no-decode",
         "--json",
         str(path),
     ]
@@ -97,7 +104,7 @@ def test_bench_long_json_report(tmp_path):
         set(r["ratios"]) == {"window", "linear"} and len(r["samples_s"]["full"]) == 2 for r in report["time"]
     )
     assert len(report["crossings"]) == 2 and report["targets"] == []  # the targets need L=32k and 64k
-    assert "peak_mib" not in report
+    assert "peak_mib" not in report and "decode" not in report
     rows = bench_long.summarize(report)
     assert len(rows) == 4 and all(r.metric == "time" and math.isfinite(r.ratio.median) for r in rows)
 
@@ -128,3 +135,11 @@ def test_bench_long_rejects_short_lengths():
     with pytest.raises(SystemExit) as error:
         bench_long.parse_args(["--lengths", "512,2048"])
     assert error.value.code == 2
+
+
+def test_bench_long_decode_keeps_the_window_cache_flat():
+    """Decoding after 1k and 4k positions: the full cache grows 4x, the window's stays the same size."""
+    small, large = (bench_long.bench_decode(length, rounds=2) for length in (1024, 4096))
+    assert large["cache_mib"]["full"] == pytest.approx(4 * small["cache_mib"]["full"], rel=0.05)
+    assert large["cache_mib"]["window"] == small["cache_mib"]["window"] < small["cache_mib"]["full"]
+    assert all(_positive_finite(r["ratio"]) for r in (small, large))

@@ -23,6 +23,12 @@ in a fresh process: inputs are built and a small call loads the kernels, then th
 growth of the process's own peak RSS (VmHWM, else ru_maxrss) over one call is reported
 in MiB, with the growth peak(L) / peak(previous L).
 
+Decoding (a third table): one ``headwise.Attention(512, 8)`` layer decodes ``DECODE_STEPS``
+tokens after L positions, with a full ``KVCache`` (filled to L with random keys) against
+``SlidingWindow(511, 0)``'s ``WindowCache`` (filled by an L-token prompt, which keeps only
+the window), round-robin; the table gives ms per token, the ratio and the bytes each cache
+holds.  The full cache's per-token time and memory grow with L, the window's stay flat.
+
 Targets (issue 6): at L=32k causal, full/window >= 8 and full/linear >= 8; peak memory
 at L=64k <= 2.2 x L=32k for window and linear.  Each is printed as met or MISSED when
 its lengths were measured.
@@ -38,7 +44,7 @@ spends most of its time here, at the lengths the README's figures come from.
 Usage::
 
     python -m headwise.bench.long [--quick] [--lengths 2048,8192,32768,65536] [--modes causal,bidirectional]
-        [--rounds 3] [--min-sample 1.0] [--chunk 128] [--no-memory] [--no-time] [--json PATH]
+        [--rounds 3] [--min-sample 1.0] [--chunk 128] [--no-memory] [--no-time] [--no-decode] [--json PATH]
 """
 
 from __future__ import annotations
@@ -58,9 +64,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from headwise import Attention
 from headwise.bench import harness as hx
 from headwise.functional import attention
-from headwise.variants import linear_attention, sliding_window_attention
+from headwise.variants import SlidingWindow, linear_attention, sliding_window_attention
 
 IMPLS = ("full", "window", "linear")
 VARIANTS = ("window", "linear")
@@ -76,6 +83,7 @@ MEMORY_WORKERS = 2  # peak-memory processes running at once
 TIME_TARGETS = {("causal", 32768, "window"): 8.0, ("causal", 32768, "linear"): 8.0}
 MEMORY_TARGET = 2.2  # peak(64k) / peak(32k) for window and linear
 MEMORY_TARGET_LENGTHS = (32768, 65536)
+DECODE_STEPS = 16  # tokens decoded per timed sample
 
 
 @dataclass(frozen=True)
@@ -340,6 +348,69 @@ def memory_targets(runs: Sequence[dict]) -> list[dict]:
 # ---------------------------------------------------------------- summary
 
 
+# ---------------------------------------------------------------- decoding
+
+
+def bench_decode(length: int, rounds: int) -> dict:
+    """ms per decoded token after ``length`` positions: full KVCache against the window's cache."""
+    torch.manual_seed(SEED)
+    full = Attention(EMBED_DIM, NUM_HEADS).eval()
+    windowed = Attention(EMBED_DIM, NUM_HEADS, variant=SlidingWindow(WINDOW - 1, 0)).eval()
+    windowed.load_state_dict(full.state_dict())
+    total = length + DECODE_STEPS * (rounds + 1)
+    generator = torch.Generator().manual_seed(SEED)
+    tokens = torch.randn(BATCH, DECODE_STEPS, EMBED_DIM, generator=generator)  # (B, N, E)
+    with torch.inference_mode():
+        caches = {"full": full.new_cache(BATCH, total), "window": windowed.new_cache(BATCH, total)}
+        keys = torch.randn(BATCH, NUM_HEADS, length, HEAD_DIM, generator=generator)  # (B, H, L, D)
+        caches["full"].update(keys, keys.clone())  # the prompt's keys; its attention is not timed
+        prompt = torch.randn(BATCH, length, EMBED_DIM, generator=generator)  # (B, L, E)
+        windowed(prompt, is_causal=True, cache=caches["window"])  # keeps the last 511 positions only
+
+        def decode(layer: Attention, cache: object) -> Callable[[], None]:
+            def call() -> None:
+                for t in range(DECODE_STEPS):
+                    layer(tokens[:, t : t + 1], is_causal=True, cache=cache)
+
+            return call
+
+        calls = {"full": decode(full, caches["full"]), "window": decode(windowed, caches["window"])}
+        for call in calls.values():  # warm-up
+            call()
+        samples: dict[str, list[float]] = {name: [] for name in calls}
+        for r in range(rounds):
+            for name in list(calls)[r % 2 :] + list(calls)[: r % 2]:
+                start = time.perf_counter()
+                calls[name]()
+                samples[name].append((time.perf_counter() - start) / DECODE_STEPS)
+    held = {
+        name: (cache.keys.numel() + cache.values.numel()) * cache.keys.element_size()
+        for name, cache in caches.items()
+    }
+    return {
+        "length": length,
+        "ms_per_token": {name: 1e3 * statistics.median(s) for name, s in samples.items()},
+        "cache_mib": {name: b / 2**20 for name, b in held.items()},
+        "ratio": asdict(hx.pair_ratio(samples["full"], samples["window"])),
+    }
+
+
+def decode_table(results: Sequence[dict]) -> str:
+    rows = [
+        [
+            r["length"],
+            f"{r['ms_per_token']['full']:.3f}",
+            f"{r['ms_per_token']['window']:.3f}",
+            f"{r['ratio']['median']:.2f} ({r['ratio']['min']:.2f})",
+            f"{r['cache_mib']['full']:.1f}",
+            f"{r['cache_mib']['window']:.2f}",
+        ]
+        for r in results
+    ]
+    header = ["L before", "full ms/token", "window ms/token", "full/window", "full cache MiB", "window cache MiB"]
+    return hx.format_table(header, rows)
+
+
 def summarize(report: dict) -> list[hx.Row]:
     """time(full) / time(variant) per mode and L; peak-memory growth between the two largest L.
 
@@ -353,6 +424,13 @@ def summarize(report: dict) -> list[hx.Row]:
             target = TIME_TARGETS.get((r["mode"], r["length"], impl))
             case = f"{r['mode']} L={r['length']}" + (f", target >= {target:g}" if target else "")
             rows.append(hx.Row("long", case, NAMES["full"], NAMES[impl], hx.Ratio(**r["ratios"][impl])))
+    for r in report.get("decode", []):
+        rows.append(
+            hx.Row(
+                "long", f"decode 1 token after L={r['length']}", "full KVCache", "window 512 cache",
+                hx.Ratio(**r["ratio"]),
+            )
+        )
     runs = report.get("peak_mib", [])
     mib = peak_lookup(runs)
     lengths = sorted({r["length"] for r in runs})
@@ -418,6 +496,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=128, help="chunk size of causal linear attention")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--no-time", action="store_true", help="skip the timing")
+    parser.add_argument("--no-decode", action="store_true", help="skip the decoding table")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
     parser.add_argument("--_peak", nargs=3, metavar=("IMPL", "LENGTH", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -485,6 +564,11 @@ def run(args: argparse.Namespace) -> dict:
         print_targets(targets)
         report["time"] = results
         report["targets"] += targets
+    if not args.no_decode:
+        decode = [bench_decode(length, max(args.rounds, 3)) for length in args.lengths]
+        print(f"\n== decoding {DECODE_STEPS} tokens after L positions: ms per token, median of rounds ==")
+        print(decode_table(decode))
+        report["decode"] = decode
     if not report["targets"]:
         print(
             f"targets: not measured here (they need L={MEMORY_TARGET_LENGTHS[0]}, and {MEMORY_TARGET_LENGTHS[1]} "
