@@ -90,7 +90,9 @@ def test_weight_only_attention_equals_float_with_dequantized_weights():
 # --- the drop-in MultiheadAttention (packed in_proj) --------------------------------
 
 
-def _reference_mha(quantized: QuantizedMultiheadAttention, like: nn.MultiheadAttention) -> nn.MultiheadAttention:
+def _reference_mha(
+    quantized: QuantizedMultiheadAttention, like: nn.MultiheadAttention
+) -> nn.MultiheadAttention:
     """torch's layer holding the int8 layer's dequantized weights, packed back into in_proj."""
     ref = copy.deepcopy(like)
     with torch.no_grad():
@@ -129,7 +131,9 @@ def test_multihead_in_proj_is_quantized_and_matches_torch_with_dequantized_weigh
     torch.testing.assert_close(got_w, want_w, atol=1e-5, rtol=1e-5)
     if kind != "torch_kdim":  # self-attention through the split projections
         with torch.no_grad():
-            torch.testing.assert_close(layer(query, query, query)[0], ref(query, query, query)[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                layer(query, query, query)[0], ref(query, query, query)[0], atol=1e-5, rtol=1e-5
+            )
 
 
 def test_dynamic_int8_multihead_stays_close_to_float():
@@ -149,16 +153,22 @@ def test_dynamic_int8_multihead_stays_close_to_float():
 def test_errors_leave_the_model_unchanged():
     model = nn.Sequential(Attention(16, 2), nn.Linear(16, 4)).double()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"'int8_dynamic' runs PyTorch's CPU float32 kernels, but parameter "
-                       r"'0.head_gate' is torch.float64 on cpu; call model.float\(\).cpu\(\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'int8_dynamic' runs PyTorch's CPU float32 kernels, but parameter "
+        r"'0.head_gate' is torch.float64 on cpu; call model.float\(\).cpu\(\)",
+    ):
         quantize_(model, DYNAMIC)
     assert type(model[0].q_proj) is nn.Linear and type(model[1]) is nn.Linear
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match=r"model is a bare Linear; .*wrap it \(nn.Sequential\(layer\)\)"):
         quantize_(nn.Linear(4, 4))
     tables = nn.Sequential(nn.Embedding(10, 4).double(), nn.Linear(4, 4))
-    with pytest.raises(ValueError, match=r"embeddings=True stores tables with PyTorch's CPU float32 kernel, "
-                       r"but '0' is torch.float64 on cpu; pass QuantConfig\(embeddings=False\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"embeddings=True stores tables with PyTorch's CPU float32 kernel, "
+        r"but '0' is torch.float64 on cpu; pass QuantConfig\(embeddings=False\)",
+    ):
         quantize_(tables)
     assert type(tables[0]) is nn.Embedding and type(tables[1]) is nn.Linear
     counts = quantize_(tables, QuantConfig(embeddings=False))
@@ -172,7 +182,10 @@ def test_errors_leave_the_model_unchanged():
 def test_quantizing_twice_and_unknown_linear_subclasses_are_refused():
     attn = Attention(16, 2)
     quantize_(attn, WEIGHT_ONLY)
-    with pytest.raises(ValueError, match=r"parameter 'q_proj.weight' is a Int8Tensor, not a plain nn.Parameter.*already quantized"):
+    with pytest.raises(
+        ValueError,
+        match=r"parameter 'q_proj.weight' is a Int8Tensor, not a plain nn.Parameter.*already quantized",
+    ):
         quantize_(attn, WEIGHT_ONLY)
     dynamic = nn.Sequential(nn.Linear(4, 4))
     quantize_(dynamic, DYNAMIC)
@@ -216,7 +229,9 @@ def test_prune_then_quantize(config):
 def test_save_and_load_quantized(tmp_path, config):
     def build():
         torch.manual_seed(1)
-        return nn.Sequential(nn.Embedding(50, 32), MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8))
+        return nn.Sequential(
+            nn.Embedding(50, 32), MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8)
+        )
 
     model = build().eval()
     quantize_(model, config)
