@@ -225,6 +225,68 @@ def test_prune_then_quantize(config):
     assert _cosine(got, expected) > 0.99
 
 
+#: what each mode leaves where prune_heads_ would slice a float weight
+_QUANTIZED_PROJ = {
+    "int8_weight_only": r"q_proj.weight is a Int8Tensor",
+    "int8_dynamic": r"q_proj is a DynamicQuantizedLinear",
+}
+
+
+@pytest.mark.parametrize("config", [WEIGHT_ONLY, DYNAMIC], ids=lambda c: c.mode)
+def test_pruning_a_quantized_minilm_is_refused_and_changes_nothing(config):
+    import headwise.models
+
+    texts = doc_sentences()[:8]
+    model = headwise.models.load().eval()
+    quantize_(model, config)
+    expected = model.encode(texts)
+    modules = dict(model.named_modules())
+    with pytest.raises(
+        ValueError,
+        match=rf"layer 2 \('encoder.blocks.2.attention'\) cannot be pruned: {_QUANTIZED_PROJ[config.mode]}, "
+        r"not a float nn.Linear .* Prune before quantizing: prune_heads_ on the float model, then "
+        r"headwise.quant.quantize_",
+    ):
+        prune_heads_(model, {0: [], 2: [1, 5]})  # layer 0: nothing to remove, so nothing to refuse
+    assert model.num_heads == (12,) * 6 and model.config.num_heads == (12,) * 6
+    assert all(m is modules[name] for name, m in model.named_modules())  # no module replaced
+    assert torch.equal(model.encode(texts), expected)
+
+    layer = MultiheadAttention(64, 8).eval()  # the drop-in: quantize_ split its packed in_proj
+    quantize_(layer, config)
+    with pytest.raises(
+        ValueError,
+        match=rf"layer 0 \('QuantizedMultiheadAttention'\) cannot be pruned: {_QUANTIZED_PROJ[config.mode]}",
+    ):
+        prune_heads_(layer, {0: [3]})
+    assert layer.num_heads == 8 and layer.q_proj.out_features == 64
+
+
+@pytest.mark.parametrize("config", [WEIGHT_ONLY, DYNAMIC], ids=lambda c: c.mode)
+def test_prune_then_quantize_minilm_then_save_and_load(tmp_path, config):
+    import headwise.models
+
+    heads = {0: [1, 5], 3: [0, 2, 3, 11]}
+    texts = doc_sentences()[:16]
+    model = headwise.models.load().eval()
+    prune_heads_(model, heads)
+    pruned_float = model.encode(texts)
+    counts = quantize_(model, config)
+    # 6 Linear per layer (q, k, v, out, 2 feed-forward) and the pooler's; word, position, type tables
+    assert counts["linear"] == 6 * 6 + 1 and counts["embedding"] == 3
+    assert model.num_heads == (10, 12, 12, 8, 12, 12)
+    got = model.encode(texts)
+    cosine = F.cosine_similarity(got, pruned_float)
+    assert cosine.min().item() >= (0.998 if config is WEIGHT_ONLY else 0.95), cosine.min().item()
+
+    path = save_quantized(model, tmp_path / "pruned-int8.pt", config)
+    fresh = headwise.models.load().eval()
+    prune_heads_(fresh, heads)  # the saved architecture: the same heads pruned, still float
+    loaded = load_quantized(fresh, path)
+    assert loaded.num_heads == (10, 12, 12, 8, 12, 12)
+    torch.testing.assert_close(loaded.encode(texts), got, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("config", [WEIGHT_ONLY, DYNAMIC], ids=lambda c: c.mode)
 def test_save_and_load_quantized(tmp_path, config):
     def build():
