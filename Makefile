@@ -33,7 +33,6 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/headwise bench --memory
-	$(PY) benchmarks/bench_quant.py
 	$(PY) benchmarks/bench_long.py
 
 clean:

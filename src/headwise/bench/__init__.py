@@ -11,6 +11,8 @@ mha    headwise.MultiheadAttention against torch.nn.MultiheadAttention (and Line
 decode headwise.Attention's KV cache against recomputing the prefix and a hand-written cache
 encode all-MiniLM-L6-v2 sentence encoding against transformers' BertModel (needs transformers)
 prune  a head-pruned all-MiniLM-L6-v2 against the unpruned model
+quant  int8 (both QuantConfig modes) and bfloat16 MiniLM against float32, eager and compiled
+       (needs torchao)
 ====== ===========================================================================
 """
 
@@ -32,13 +34,14 @@ SUITES = {
     "decode": "headwise.bench.decode",
     "encode": "headwise.bench.encode",
     "prune": "headwise.bench.prune",
+    "quant": "headwise.bench.quant",
 }
-#: reference implementations a suite needs beyond headwise's own dependencies
-_NEEDS = {"encode": "transformers"}
+#: packages a suite needs beyond headwise's own dependencies (a reference, or an extra's library)
+_NEEDS = {"encode": "transformers", "quant": "torchao"}
 
 
 def missing_reference(suite: str) -> str | None:
-    """The package ``suite`` needs as its reference and that is not installed, else None."""
+    """The package ``suite`` needs (its reference, or an optional library) and that is not installed, else None."""
     package = _NEEDS.get(suite)
     if package is None or importlib.util.find_spec(package) is not None:
         return None
@@ -52,7 +55,7 @@ def run_suite(suite: str, *, quick: bool = False, memory: bool = False) -> list[
     package = missing_reference(suite)
     if package is not None:
         raise ModuleNotFoundError(
-            f"the {suite} suite compares against {package}, which is not installed: pip install {package}",
+            f"the {suite} suite needs {package}, which is not installed: pip install {package}",
             name=package,
         )
     module = importlib.import_module(SUITES[suite])
