@@ -34,7 +34,6 @@ test: $(STAMP)
 # every suite of headwise bench with its peak-memory runs (the long suite alone takes about 11 minutes)
 bench: $(STAMP)
 	$(VENV)/bin/headwise bench --memory
-	$(PY) benchmarks/bench_quant.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

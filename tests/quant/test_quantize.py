@@ -90,7 +90,9 @@ def test_weight_only_attention_equals_float_with_dequantized_weights():
 # --- the drop-in MultiheadAttention (packed in_proj) --------------------------------
 
 
-def _reference_mha(quantized: QuantizedMultiheadAttention, like: nn.MultiheadAttention) -> nn.MultiheadAttention:
+def _reference_mha(
+    quantized: QuantizedMultiheadAttention, like: nn.MultiheadAttention
+) -> nn.MultiheadAttention:
     """torch's layer holding the int8 layer's dequantized weights, packed back into in_proj."""
     ref = copy.deepcopy(like)
     with torch.no_grad():
@@ -129,7 +131,9 @@ def test_multihead_in_proj_is_quantized_and_matches_torch_with_dequantized_weigh
     torch.testing.assert_close(got_w, want_w, atol=1e-5, rtol=1e-5)
     if kind != "torch_kdim":  # self-attention through the split projections
         with torch.no_grad():
-            torch.testing.assert_close(layer(query, query, query)[0], ref(query, query, query)[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                layer(query, query, query)[0], ref(query, query, query)[0], atol=1e-5, rtol=1e-5
+            )
 
 
 def test_dynamic_int8_multihead_stays_close_to_float():
@@ -149,16 +153,22 @@ def test_dynamic_int8_multihead_stays_close_to_float():
 def test_errors_leave_the_model_unchanged():
     model = nn.Sequential(Attention(16, 2), nn.Linear(16, 4)).double()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"'int8_dynamic' runs PyTorch's CPU float32 kernels, but parameter "
-                       r"'0.head_gate' is torch.float64 on cpu; call model.float\(\).cpu\(\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'int8_dynamic' runs PyTorch's CPU float32 kernels, but parameter "
+        r"'0.head_gate' is torch.float64 on cpu; call model.float\(\).cpu\(\)",
+    ):
         quantize_(model, DYNAMIC)
     assert type(model[0].q_proj) is nn.Linear and type(model[1]) is nn.Linear
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match=r"model is a bare Linear; .*wrap it \(nn.Sequential\(layer\)\)"):
         quantize_(nn.Linear(4, 4))
     tables = nn.Sequential(nn.Embedding(10, 4).double(), nn.Linear(4, 4))
-    with pytest.raises(ValueError, match=r"embeddings=True stores tables with PyTorch's CPU float32 kernel, "
-                       r"but '0' is torch.float64 on cpu; pass QuantConfig\(embeddings=False\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"embeddings=True stores tables with PyTorch's CPU float32 kernel, "
+        r"but '0' is torch.float64 on cpu; pass QuantConfig\(embeddings=False\)",
+    ):
         quantize_(tables)
     assert type(tables[0]) is nn.Embedding and type(tables[1]) is nn.Linear
     counts = quantize_(tables, QuantConfig(embeddings=False))
@@ -172,7 +182,10 @@ def test_errors_leave_the_model_unchanged():
 def test_quantizing_twice_and_unknown_linear_subclasses_are_refused():
     attn = Attention(16, 2)
     quantize_(attn, WEIGHT_ONLY)
-    with pytest.raises(ValueError, match=r"parameter 'q_proj.weight' is a Int8Tensor, not a plain nn.Parameter.*already quantized"):
+    with pytest.raises(
+        ValueError,
+        match=r"parameter 'q_proj.weight' is a Int8Tensor, not a plain nn.Parameter.*already quantized",
+    ):
         quantize_(attn, WEIGHT_ONLY)
     dynamic = nn.Sequential(nn.Linear(4, 4))
     quantize_(dynamic, DYNAMIC)
@@ -212,11 +225,75 @@ def test_prune_then_quantize(config):
     assert _cosine(got, expected) > 0.99
 
 
+#: what each mode leaves where prune_heads_ would slice a float weight
+_QUANTIZED_PROJ = {
+    "int8_weight_only": r"q_proj.weight is a Int8Tensor",
+    "int8_dynamic": r"q_proj is a DynamicQuantizedLinear",
+}
+
+
+@pytest.mark.parametrize("config", [WEIGHT_ONLY, DYNAMIC], ids=lambda c: c.mode)
+def test_pruning_a_quantized_minilm_is_refused_and_changes_nothing(config):
+    import headwise.models
+
+    texts = doc_sentences()[:8]
+    model = headwise.models.load().eval()
+    quantize_(model, config)
+    expected = model.encode(texts)
+    modules = dict(model.named_modules())
+    with pytest.raises(
+        ValueError,
+        match=rf"layer 2 \('encoder.blocks.2.attention'\) cannot be pruned: {_QUANTIZED_PROJ[config.mode]}, "
+        r"not a float nn.Linear .* Prune before quantizing: prune_heads_ on the float model, then "
+        r"headwise.quant.quantize_",
+    ):
+        prune_heads_(model, {0: [], 2: [1, 5]})  # layer 0: nothing to remove, so nothing to refuse
+    assert model.num_heads == (12,) * 6 and model.config.num_heads == (12,) * 6
+    assert all(m is modules[name] for name, m in model.named_modules())  # no module replaced
+    assert torch.equal(model.encode(texts), expected)
+
+    layer = MultiheadAttention(64, 8).eval()  # the drop-in: quantize_ split its packed in_proj
+    quantize_(layer, config)
+    with pytest.raises(
+        ValueError,
+        match=rf"layer 0 \('QuantizedMultiheadAttention'\) cannot be pruned: {_QUANTIZED_PROJ[config.mode]}",
+    ):
+        prune_heads_(layer, {0: [3]})
+    assert layer.num_heads == 8 and layer.q_proj.out_features == 64
+
+
+@pytest.mark.parametrize("config", [WEIGHT_ONLY, DYNAMIC], ids=lambda c: c.mode)
+def test_prune_then_quantize_minilm_then_save_and_load(tmp_path, config):
+    import headwise.models
+
+    heads = {0: [1, 5], 3: [0, 2, 3, 11]}
+    texts = doc_sentences()[:16]
+    model = headwise.models.load().eval()
+    prune_heads_(model, heads)
+    pruned_float = model.encode(texts)
+    counts = quantize_(model, config)
+    # 6 Linear per layer (q, k, v, out, 2 feed-forward) and the pooler's; word, position, type tables
+    assert counts["linear"] == 6 * 6 + 1 and counts["embedding"] == 3
+    assert model.num_heads == (10, 12, 12, 8, 12, 12)
+    got = model.encode(texts)
+    cosine = F.cosine_similarity(got, pruned_float)
+    assert cosine.min().item() >= (0.998 if config is WEIGHT_ONLY else 0.95), cosine.min().item()
+
+    path = save_quantized(model, tmp_path / "pruned-int8.pt", config)
+    fresh = headwise.models.load().eval()
+    prune_heads_(fresh, heads)  # the saved architecture: the same heads pruned, still float
+    loaded = load_quantized(fresh, path)
+    assert loaded.num_heads == (10, 12, 12, 8, 12, 12)
+    torch.testing.assert_close(loaded.encode(texts), got, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("config", [WEIGHT_ONLY, DYNAMIC], ids=lambda c: c.mode)
 def test_save_and_load_quantized(tmp_path, config):
     def build():
         torch.manual_seed(1)
-        return nn.Sequential(nn.Embedding(50, 32), MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8))
+        return nn.Sequential(
+            nn.Embedding(50, 32), MultiheadAttention(32, 4, batch_first=True), nn.Linear(32, 8)
+        )
 
     model = build().eval()
     quantize_(model, config)

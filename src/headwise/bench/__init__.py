@@ -12,6 +12,8 @@ decode headwise.Attention's KV cache against recomputing the prefix and a hand-w
 encode all-MiniLM-L6-v2 sentence encoding against transformers' BertModel (needs transformers)
 prune  a head-pruned all-MiniLM-L6-v2 against the unpruned model
 long   full SDPA against window-512 and linear attention at L = 2k to 64k (about 8 minutes)
+quant  int8 (both QuantConfig modes) and bfloat16 MiniLM against float32, eager and compiled
+       (needs torchao)
 ====== ===========================================================================
 
 ``memory=True`` (``headwise bench --memory``) adds the peak-memory processes of the mha
@@ -37,15 +39,16 @@ SUITES = {
     "encode": "headwise.bench.encode",
     "prune": "headwise.bench.prune",
     "long": "headwise.bench.long",
+    "quant": "headwise.bench.quant",
 }
-#: reference implementations a suite needs beyond headwise's own dependencies
-_NEEDS = {"encode": "transformers"}
+#: packages a suite needs beyond headwise's own dependencies (a reference, or an extra's library)
+_NEEDS = {"encode": "transformers", "quant": "torchao"}
 #: suites whose peak-memory section runs only when memory is asked for
 _MEMORY_SECTIONS = ("mha", "long")
 
 
 def missing_reference(suite: str) -> str | None:
-    """The package ``suite`` needs as its reference and that is not installed, else None."""
+    """The package ``suite`` needs (its reference, or an optional library) and that is not installed, else None."""
     package = _NEEDS.get(suite)
     if package is None or importlib.util.find_spec(package) is not None:
         return None
@@ -59,7 +62,7 @@ def run_suite(suite: str, *, quick: bool = False, memory: bool = False) -> list[
     package = missing_reference(suite)
     if package is not None:
         raise ModuleNotFoundError(
-            f"the {suite} suite compares against {package}, which is not installed: pip install {package}",
+            f"the {suite} suite needs {package}, which is not installed: pip install {package}",
             name=package,
         )
     module = importlib.import_module(SUITES[suite])

@@ -52,7 +52,8 @@ class Ratio:
 class Row:
     """One line of ``headwise bench``'s summary: ``ratio`` = metric(baseline) / metric(candidate).
 
-    ``metric`` is ``"time"`` (seconds per call) or ``"peak memory"`` (MiB); > 1 favours the candidate.
+    ``metric`` is ``"time"`` (seconds per call), ``"peak memory"`` (MiB) or ``"saved size"``
+    (bytes on disk); > 1 favours the candidate.
     """
 
     suite: str

@@ -47,8 +47,8 @@ def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, as_json: b
     machine meanwhile. Suites: mha (drop-in vs torch.nn.MultiheadAttention), decode (KV
     cache), encode (MiniLM vs transformers; needs transformers), prune (pruned vs
     unpruned MiniLM), long (full SDPA vs window-512 and linear attention at L=2k..64k,
-    about 8 minutes; --quick: L=1k..4k). One suite with all its options:
-    python -m headwise.bench.mha --help
+    about 8 minutes; --quick: L=1k..4k), quant (int8 and bfloat16 MiniLM vs float32, eager
+    and compiled; needs torchao). One suite with all its options: python -m headwise.bench.mha --help
 
     \b
     Examples:
@@ -63,7 +63,7 @@ def bench_command(suites: tuple[str, ...], quick: bool, memory: bool, as_json: b
     for suite in chosen:
         package = missing_reference(suite)
         if package is not None and not suites:
-            skipped[suite] = f"needs {package} as its reference (pip install {package})"
+            skipped[suite] = f"needs {package}, which is not installed (pip install {package})"
             continue
         click.echo(f"== {suite} ==", err=True)
         with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():

@@ -67,9 +67,10 @@ def prune_heads_(model: nn.Module, heads: Mapping[int | str, Sequence[int]]) -> 
       that has per-layer ``num_heads`` (``BertConfig``) gets an updated config, so
       ``model.save`` writes the new head counts.
 
-    Removing every head of a layer is refused: a layer keeps at least one head.
-    Everything is validated before anything changes, so a bad request leaves the model
-    as it was.  Parameters are modified in place (same modules, new ``Parameter``
+    Removing every head of a layer is refused: a layer keeps at least one head.  So is
+    pruning a quantized layer (:func:`headwise.quant.quantize_`): its int8 weights cannot
+    be sliced; prune the float model first, then quantize.  Everything is validated
+    before anything changes, so a bad request leaves the model as it was.  Parameters are modified in place (same modules, new ``Parameter``
     objects): rebuild optimizers after pruning.
 
     Args:
@@ -111,8 +112,44 @@ def _plan(model: nn.Module, heads: Mapping[int | str, Sequence[int]]) -> list[tu
         seen[id(layer)] = key
         drop = _check_indices(key, layer, indices)
         if drop:
+            _check_float_weights(key, name, layer)
             plan.append((layer, drop))
     return plan
+
+
+def _check_float_weights(key: int | str, name: str, layer: nn.Module) -> None:
+    """Refuse a layer whose projections are not float ``nn.Linear`` / ``nn.Parameter`` (quantized, sharded)."""
+    tensors: list[tuple[str, object]] = []
+    # headwise.quant splits the drop-in's packed in_proj into q_proj, k_proj, v_proj modules
+    if isinstance(layer, Attention) or hasattr(layer, "q_proj"):
+        projections = ("q_proj", "k_proj", "v_proj", "out_proj")
+    else:
+        projections = ("out_proj",)
+        packed = (
+            ["in_proj_weight"]
+            if layer._qkv_same_embed_dim
+            else ["q_proj_weight", "k_proj_weight", "v_proj_weight"]
+        )
+        tensors += [(p, getattr(layer, p)) for p in packed]
+    problem = None
+    for proj in projections:
+        module = getattr(layer, proj)
+        if not isinstance(module, nn.Linear):
+            problem = f"{proj} is a {module._get_name()}"
+            break
+        tensors.append((f"{proj}.weight", module.weight))
+    if problem is None:
+        problem = next(
+            (f"{label} is a {type(t).__name__}" for label, t in tensors if type(t) is not nn.Parameter), None
+        )
+    if problem is not None:
+        raise ValueError(
+            f"layer {key!r} ({name or type(layer).__name__!r}) cannot be pruned: {problem}, not a float "
+            "nn.Linear with an nn.Parameter weight (the layer was quantized, or sharded), and prune_heads_ "
+            "slices float weights. Prune before quantizing: prune_heads_ on the float model, then "
+            "headwise.quant.quantize_ (for a saved int8 model: prune the float model the same way, then "
+            "load_quantized)."
+        )
 
 
 def _resolve(model: nn.Module, layers: list[tuple[str, nn.Module]], key: int | str) -> tuple[str, nn.Module]:
