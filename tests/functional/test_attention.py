@@ -248,12 +248,15 @@ def test_property_permuting_keys_with_values(shape, backend, seed):
     torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize(("grad", "small_maps"), [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_attention_mean_weights_both_paths(grad, kv_heads, monkeypatch):
+def test_attention_mean_weights_both_paths(grad, small_maps, kv_heads, monkeypatch):
+    import headwise.functional
     from headwise.functional import _weights, attention_mean_weights
 
     monkeypatch.setattr(_weights, "BLOCK_ELEMENTS", 2 * 4 * 7 * 2)  # several row blocks
+    if not small_maps:  # training on large maps: fused output + block-wise recomputed weights
+        monkeypatch.setattr(headwise.functional, "SMALL_WEIGHT_MAPS", 0)
     q, k, v = qkv(h=4, k=kv_heads, lq=5, s=7, requires_grad=grad)
     mask = torch.rand(2, 1, 5, 7) > 0.4
     mask[1, 0, 2] = False  # an empty row
@@ -263,3 +266,9 @@ def test_attention_mean_weights_both_paths(grad, kv_heads, monkeypatch):
     torch.testing.assert_close(w, ref_w.mean(1))
     assert (w[1, 2] == 0).all() and (out[1, :, 2] == 0).all()
     assert w.requires_grad == grad
+    if grad:
+        probe_out, probe_w = torch.randn_like(out), torch.randn_like(w)
+        got = torch.autograd.grad((out * probe_out).sum() + (w * probe_w).sum(), (q, k, v))
+        ref = torch.autograd.grad((ref_out * probe_out).sum() + (ref_w.mean(1) * probe_w).sum(), (q, k, v))
+        for a, b in zip(got, ref, strict=True):
+            torch.testing.assert_close(a, b)

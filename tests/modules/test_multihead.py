@@ -96,7 +96,13 @@ def _compare(ref, ours, args, kwargs, need_weights):
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("masks", MASKS)
-def test_parity_matrix(config, batch_first, masks):
+@pytest.mark.parametrize("maps", ["small", "large"])
+def test_parity_matrix(config, batch_first, masks, maps, monkeypatch):
+    """Training: small maps take one math pass, large ones the fused kernel + recomputed weights."""
+    import headwise.functional
+
+    if maps == "large":
+        monkeypatch.setattr(headwise.functional, "SMALL_WEIGHT_MAPS", 0)
     ref, ours = _pair(batch_first=batch_first, **config)
     args = _inputs(batch_first, config.get("kdim"), config.get("vdim"))
     kpm, attn = _masks(masks)

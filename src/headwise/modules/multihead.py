@@ -28,6 +28,7 @@ from headwise.functional import (
     from_torch_bool_mask,
     merge_masks,
     needs_autograd,
+    small_weight_maps,
 )
 
 __all__ = ["MultiheadAttention", "replace_mha_"]
@@ -210,8 +211,8 @@ class MultiheadAttention(nn.MultiheadAttention):
                 weights = weights.mean(dim=1)  # (B, L, S)
         elif need_weights and average_attn_weights:
             out, weights = attention_mean_weights(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, L, D), (B, L, S)
-        elif need_weights and not needs_autograd(q, k, v):
-            # inference, every head's map returned: one math pass gives output and maps
+        elif need_weights and (not needs_autograd(q, k, v) or small_weight_maps(q, k)):
+            # inference, or small maps in training, every head's map returned: one math pass gives both
             out, weights = attention(q, k, v, attn_mask=mask, is_causal=is_causal, need_weights=True)  # (B, H, L, D), (B, H, L, S)
         else:
             out, _ = attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)  # (B, H, L, D)
