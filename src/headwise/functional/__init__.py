@@ -141,8 +141,9 @@ def needs_autograd(*tensors: Tensor) -> bool:
 
 #: Training with weights returned: up to this many map elements (B * H * L * S), one math pass
 #: that keeps every head's map for backward beats the fused kernel plus recomputed weights
-#: (measured on CPU: 1.6x faster at 1-2 M elements, even at 8 M, slower beyond).
-SMALL_WEIGHT_MAPS = 2**22
+#: (measured on CPU: 1.6x faster at 1-2 M elements, even at 8 M, slower beyond); kept at 2 M
+#: so that the maps held for backward stay small (a few MiB).
+SMALL_WEIGHT_MAPS = 2**21
 
 
 def small_weight_maps(query: Tensor, key: Tensor) -> bool:
