@@ -20,13 +20,13 @@ class QuantConfig(WorkflowConfig):
         mode: ``"int8_weight_only"`` (default): int8 weights (per row), float activations,
             through torchao's ``Int8WeightOnlyConfig``; any device and float dtype.  On
             all-MiniLM-L6-v2 its sentence embeddings stay at cosine >= 0.999 to float32 (pydoc
-            sentences), at 0.86x-0.95x float32's encode speed on a busy 2-core Zen 3 CPU.
+            sentences), at 0.77x-0.94x float32's encode speed on a 2-core Xeon (``headwise bench quant``).
             ``"int8_dynamic"``: int8 weights (per output channel) and int8 activations
             quantized per batch at run time, through PyTorch's fbgemm kernels
             (``torch.ao.nn.quantized.dynamic.Linear``; torchao's dynamic-activation config has
             no fast CPU kernel and ran ~27x slower than float32 there); CPU float32 only.  It
-            was 1.35x-1.56x faster than float32 on MiniLM, but the per-tensor activation scales
-            cost accuracy in BERT's feed-forward layers: cosine 0.96 (min) / 0.98 (mean) to
+            was 1.5x-1.6x faster than float32 on MiniLM, but the per-tensor activation scales
+            cost accuracy in BERT's feed-forward layers: cosine 0.95 (min) / 0.98 (mean) to
             float32, below the 0.99 the default keeps; it is not the default for that reason.
         embeddings: also store ``nn.Embedding`` tables in 8 bits per entry (PyTorch's quantized
             ``Embedding``: a float scale and offset per row, rows dequantized after lookup;
