@@ -41,11 +41,14 @@ ATTENTION = hx.Budget(seconds=10.0, min_rounds=5, max_rounds=30, min_sample_s=0.
 QUICK = hx.Budget(seconds=1.0, min_rounds=3, max_rounds=3, min_sample_s=0.0, max_inner=1)
 
 
-def attention_inputs(model: headwise.models.BertEncoder, texts: list[str]) -> tuple[list[torch.Tensor], torch.Tensor]:
+def attention_inputs(
+    model: headwise.models.BertEncoder, texts: list[str]
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Each attention layer's input in the unpruned model, and the padding mask.
 
     Shape:
-        -> one (b, L, E) tensor per layer, mask (b, 1, 1, L) bool (True = may attend).
+        -> one (b, L, E) tensor per layer, mask (b, 1, 1, L) bool (True = may attend), or
+        None when no text of the batch is padded.
     """
     captured: list[torch.Tensor] = []
     hooks = [
@@ -59,10 +62,12 @@ def attention_inputs(model: headwise.models.BertEncoder, texts: list[str]) -> tu
     finally:
         for hook in hooks:
             hook.remove()
-    return captured, features["attention_mask"].bool()[:, None, None, :]  # (b, 1, 1, L)
+    real = features["attention_mask"].bool()  # (b, L)
+    # as the encoder runs them: a batch without padding needs no mask (see BertEncoder.encode)
+    return captured, None if bool(real.all()) else real[:, None, None, :]  # (b, 1, 1, L)
 
 
-def run_layers(model: headwise.models.BertEncoder, inputs: list[torch.Tensor], mask: torch.Tensor) -> None:
+def run_layers(model: headwise.models.BertEncoder, inputs: list[torch.Tensor], mask: torch.Tensor | None) -> None:
     with torch.inference_mode():
         for layer, x in zip(model.attention_layers, inputs, strict=True):
             layer(x, attn_mask=mask)
