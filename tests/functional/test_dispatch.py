@@ -179,3 +179,38 @@ def test_error_is_causal_type():
     q, k, v = qkv()
     with pytest.raises(TypeError, match="is_causal must be a bool, got Tensor"):
         attention(q, k, v, is_causal=torch.tensor(True))
+
+
+@pytest.mark.parametrize(
+    ("shape", "is_causal", "plain"),
+    [
+        (dict(lq=7, s=7), False, True),
+        (dict(lq=7, s=7), True, True),
+        (dict(lq=1, s=9), True, True),  # a decoding step: one query sees every key
+        (dict(h=4, k=2, lq=6, s=6), True, True),  # grouped-query heads
+        (dict(lq=3, s=9), True, False),  # bottom-right causal with 1 < L < S needs the mask
+    ],
+)
+def test_plain_calls_skip_the_request_and_equal_the_oracle(shape, is_causal, plain, monkeypatch):
+    import headwise.functional as hf
+
+    built = []
+    real = hf.build_request
+    monkeypatch.setattr(hf, "build_request", lambda *a, **kw: built.append(1) or real(*a, **kw))
+    q, k, v = qkv(dtype=torch.float64, **shape)
+    out, weights = attention(q, k, v, is_causal=is_causal)
+    assert weights is None and built == ([] if plain else [1])
+    expected, _ = attention(q, k, v, is_causal=is_causal, backend="math")
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
+    # any option off the plain call goes through the request and the selection
+    built.clear()
+    attention(q, k, v, is_causal=is_causal, scale=0.5)
+    assert built == [1]
+
+
+def test_plain_calls_validate_their_inputs():
+    q, k, v = qkv()
+    with pytest.raises(ShapeError):
+        attention(q, k[:, :, :3], v)  # S of key and value differ
+    with pytest.raises(TypeError, match="is_causal"):
+        attention(q, k, v, is_causal=1)

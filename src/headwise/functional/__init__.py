@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from headwise.functional._dispatch import PRIORITY, Explanation, build_request, explain, select
+from headwise.functional._dispatch import PRIORITY, Explanation, build_request, explain, run_plain, select
 from headwise.functional._masks import causal_mask, from_torch_bool_mask, merge_masks
 
 __all__ = [
@@ -79,6 +79,10 @@ def attention(
         query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) ->
         output (B, H, L, Dv), weights (B, H, L, S).
     """
+    if attn_mask is None and scale is None and not need_weights and dropout_p == 0.0 and backend == "auto":
+        output = run_plain(query, key, value, is_causal)  # the common call, decoding steps included
+        if output is not None:
+            return output, None
     request = build_request(
         query,
         key,

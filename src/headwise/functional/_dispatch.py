@@ -169,6 +169,26 @@ def select(request: AttentionRequest, backend: str) -> Backend:
     raise BackendError("no attention backend can run this call")  # math always can
 
 
+def run_plain(query: Tensor, key: Tensor, value: Tensor, is_causal: bool) -> Tensor | None:
+    """``backend="auto"`` for the common call (no mask, no dropout, default scale, no weights).
+
+    A backend may offer ``run_plain(query, key, value, is_causal)``: a promise that its
+    ``check`` passes every such call, which it then serves without a request object,
+    selection or mask preparation (``"sdpa"`` does: its check refuses only
+    ``need_weights``).  When the first backend of :data:`PRIORITY` offers it, auto's choice
+    is known in advance and taken here; the inputs are validated as in every call.
+    Returns ``None`` where the general path must run.
+    """
+    if not isinstance(is_causal, bool):
+        return None
+    first = PRIORITY[0]
+    plain = getattr(_LOADED.get(first) or get_backend(first), "run_plain", None)
+    if plain is None:
+        return None
+    _check_qkv(query, key, value)
+    return plain(query, key, value, is_causal)
+
+
 def build_request(
     query: Tensor,
     key: Tensor,

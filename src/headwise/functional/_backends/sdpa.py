@@ -46,4 +46,25 @@ class SdpaBackend:
         return output, None
 
 
+    def run_plain(self, query: Tensor, key: Tensor, value: Tensor, is_causal: bool) -> Tensor | None:
+        """The common call (no mask, no dropout, default scale, no weights), without building a request.
+
+        Returns ``None`` where that call needs the general path: a causal call with
+        1 < L != S (its bottom-right mask), or grouped-query heads on a torch without
+        ``enable_gqa``.  The inputs must already be validated.
+
+        Shape:
+            query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) -> (B, H, L, Dv).
+        """
+        query_len = query.shape[-2]
+        if is_causal and query_len != 1 and query_len != key.shape[-2]:
+            return None
+        causal = is_causal and query_len != 1  # one query at the bottom-right sees every key
+        if query.shape[1] == key.shape[1]:
+            return F.scaled_dot_product_attention(query, key, value, is_causal=causal)  # (B, H, L, Dv)
+        if _HAS_GQA:
+            return F.scaled_dot_product_attention(query, key, value, is_causal=causal, enable_gqa=True)
+        return None
+
+
 BACKEND = SdpaBackend()
