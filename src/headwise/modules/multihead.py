@@ -4,9 +4,11 @@ Same constructor, defaults, forward arguments, return values, parameters and
 ``state_dict`` keys as ``torch.nn.MultiheadAttention`` (it subclasses it), so
 switching is an import change.  What differs:
 
-* The output always comes from the fused kernel (``F.scaled_dot_product_attention``
-  through :func:`headwise.functional.attention`), also when weights are requested.
-  Weights are computed beside it; averaged weights never hold every head's L x S map.
+* Without weights the output comes from the fused kernel (``F.scaled_dot_product_attention``
+  through :func:`headwise.functional.attention`).  With weights, training takes the output
+  from the fused kernel and computes the weights beside it, and inference computes both in
+  one block-wise math pass, so averaged weights never hold every head's L x S map; small
+  maps in training (:func:`headwise.functional.small_weight_maps`) take one math pass instead.
 * A query row whose keys are all masked gives zeros, never NaN.
 * Mistakes raise errors that name the layout and suggest the fix (they subclass both
   ``ValueError`` and ``AssertionError``, so code catching torch's errors still works).
