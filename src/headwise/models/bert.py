@@ -378,7 +378,7 @@ class BertEncoder(nn.Module):
                     hidden, _ = self(
                         features["input_ids"], mask if padded else None, features["token_type_ids"]
                     )  # (b, L, E)
-                    chunks.append(self.pool(hidden, features["attention_mask"], normalize=normalize))
+                    chunks.append(self.pool(hidden, mask, normalize=normalize))
                 width = len(self.sentence_config.pooling) * self.config.hidden_size
                 weight = self.embeddings.norm.weight  # the model's float dtype and device
                 if not chunks:
