@@ -41,6 +41,48 @@ def test_matches_torch_multihead_attention():
     torch.testing.assert_close(fast, expected, atol=2e-6, rtol=1e-5)
 
 
+class _ScaledLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * super().forward(x)
+
+
+def test_projections_honour_hooks_subclasses_and_functional_call():
+    """The projections skip ``nn.Module.__call__`` only where it would do nothing more than forward."""
+    torch.manual_seed(0)
+    attn = Attention(E, H).eval()
+    x = torch.randn(B, L, E)
+    plain, _ = attn(x)
+    calls = []
+    handle = attn.q_proj.register_forward_hook(lambda module, args, out: calls.append("q") or out * 0.0)
+    zeroed_q, _ = attn(x)
+    handle.remove()
+    assert calls == ["q"]
+    assert not torch.allclose(zeroed_q, plain)  # the hook's returned output was used
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: calls.append(type(module).__name__)
+    )
+    try:
+        attn(x)
+    finally:
+        handle.remove()
+    assert calls.count("Linear") == 4  # q, k, v and out projections all went through the hook
+    handle = attn.out_proj.register_forward_pre_hook(lambda module, args: (args[0] * 0.0,))
+    zeroed_out, _ = attn(x)
+    handle.remove()
+    torch.testing.assert_close(zeroed_out, attn.out_proj.bias.expand_as(zeroed_out))
+    scaled = Attention(E, H).eval()
+    scaled.load_state_dict(attn.state_dict())
+    scaled.v_proj = _ScaledLinear(E, E)
+    scaled.v_proj.load_state_dict(attn.v_proj.state_dict())
+    doubled, _ = scaled(x)
+    torch.testing.assert_close(doubled - attn.out_proj.bias, 2.0 * (plain - attn.out_proj.bias), atol=1e-5, rtol=1e-5)
+    params = {name: torch.zeros_like(p) if name == "k_proj.weight" else p for name, p in attn.named_parameters()}
+    swapped, _ = torch.func.functional_call(attn, params, (x,))
+    assert not torch.allclose(swapped, plain)  # the swapped-in key weights were used
+    again, _ = attn(x)
+    torch.testing.assert_close(again, plain, atol=0, rtol=0)
+
+
 def test_causal_self_attention_matches_torch():
     ref = nn.MultiheadAttention(E, H, batch_first=True)
     ours = Attention(E, H)
