@@ -42,6 +42,21 @@ def test_bench_mha_quick_with_memory():
     assert memory and all(r["ratio"]["median"] > 0 for r in memory)  # fresh processes ran and reported
 
 
+def test_bench_mha_retakes_one_length_with_its_own_budget(tmp_path, capsys):
+    from headwise.bench import mha
+
+    out = tmp_path / "mha.json"
+    assert mha.main(["--quick", "--length", "32", "--mode", "infer", "--no-memory", "--seconds", "0.05", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [r["shape"]["length"] for r in report["speed"]["infer"]] == [32]  # the L=96 shapes were left out
+    assert "memory" not in report
+    with pytest.raises(SystemExit):
+        mha.main(["--quick", "--length", "33"])
+    assert "the shapes have lengths [32, 96]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        mha.main(["--seconds", "0"])
+
+
 def test_bench_unknown_suite():
     result = CliRunner().invoke(main, ["bench", "flash"])
     assert result.exit_code == 2 and "'flash' is not one of" in result.output

@@ -27,7 +27,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -446,8 +446,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("infer", "train", "all"), default="all")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory section")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write all results as JSON")
+    parser.add_argument(
+        "--length", type=int, nargs="+", metavar="L",
+        help="time only the shapes with these sequence lengths (e.g. --length 128 to retake one noisy cell)",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, metavar="S",
+        help=f"timed seconds per shape and mode (default {FULL.budget.seconds:g}); rounds grow with it",
+    )
     parser.add_argument("--_peak", nargs=2, metavar=("IMPL", "L"), help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    lengths = {shape.length for shape in (QUICK if args.quick else FULL).shapes}
+    if args.length is not None and not set(args.length) <= lengths:
+        parser.error(f"--length {' '.join(map(str, args.length))}: the shapes have lengths {sorted(lengths)}")
+    if args.seconds is not None and not args.seconds > 0:
+        parser.error(f"--seconds must be positive, got {args.seconds}")
+    return args
+
+
+def chosen_config(args: argparse.Namespace) -> Config:
+    """FULL or QUICK, narrowed to ``--length`` and with ``--seconds`` per shape (rounds scaled alike)."""
+    config = QUICK if args.quick else FULL
+    shapes = config.shapes
+    if args.length is not None:
+        shapes = tuple(shape for shape in shapes if shape.length in args.length)
+    budget = config.budget
+    if args.seconds is not None:
+        factor = args.seconds / budget.seconds
+        budget = replace(budget, seconds=args.seconds, max_rounds=max(budget.min_rounds, round(budget.max_rounds * factor)))
+    return replace(config, shapes=shapes, budget=budget)
 
 
 def header_lines(quick: bool) -> list[str]:
@@ -462,7 +489,7 @@ def header_lines(quick: bool) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
-    config = QUICK if args.quick else FULL
+    config = chosen_config(args)
     print("\n".join(header_lines(args.quick)), flush=True)
     modes = ("infer", "train") if args.mode == "all" else (args.mode,)
     report: dict[str, object] = {
