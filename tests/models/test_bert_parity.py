@@ -150,6 +150,28 @@ def test_encode_matches_sentence_transformers_recipe(model, reference):
     assert model.encode([]).shape == (0, 384)
 
 
+def test_encode_batches_by_token_count(model, monkeypatch):
+    """Batches are cut by token count (not characters), windows included; each text's embedding is unchanged."""
+    from headwise.bench.encode import real_sentences  # code-heavy prose: characters are a poor proxy for tokens
+
+    texts = real_sentences(21) + ["x" * 60, "Hi.", "a b c d e f g h i j k l m n o p"]
+    alone = torch.cat([model.encode([t]) for t in texts])  # (N, E), no padding at all
+    monkeypatch.setattr(hm.bert, "ENCODE_WINDOW", 2)  # windows of 2 batches: several tokenizer calls
+    seen = []
+    handle = model.embeddings.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        got = model.encode(texts, batch_size=4)
+    finally:
+        handle.remove()
+    assert (got - alone).abs().max().item() <= EMBEDDING_TOL
+    counts = [len(model.tokenizer.encode(t.strip().lower()).ids) for t in texts]
+    expected = []  # within each window of 8 texts: most tokens first, batches of 4 padded to their longest
+    for first in range(0, len(texts), 8):
+        window = sorted(counts[first : first + 8], reverse=True)
+        expected += [(len(window[i : i + 4]), window[i]) for i in range(0, len(window), 4)]
+    assert seen == expected
+
+
 def test_encode_runs_in_eval_and_restores_training_mode(model):
     expected = model.encode(TEXTS[:2])
     model.train()

@@ -126,7 +126,7 @@ def test_random_feature_map_checks_sizes():
         RandomFeatureMap(8, 0)
     with pytest.raises(ValueError, match=r"built for head_dim=8"):
         RandomFeatureMap(8, 4)(torch.randn(2, 6))
-    with pytest.raises(ValueError, match=r"never forms attention weights"):
+    with pytest.raises(ValueError, match=r"LinearAttention never forms attention weights"):
         LinearAttention()(*qkv(b=1, h=1, lq=2, s=2, d=2), need_weights=True)
 
 

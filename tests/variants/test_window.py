@@ -116,7 +116,7 @@ def test_module_rejects_negative_sizes_and_weights_and_cache():
     with pytest.raises(ValueError, match=r"global_tokens has negative positions"):
         SlidingWindow(2, 2, global_tokens=[-4])
     q, k, v = qkv(b=1, h=2, lq=8, s=8, d=4)
-    with pytest.raises(ValueError, match=r"does not build attention weights"):
+    with pytest.raises(ValueError, match=r"SlidingWindow never forms attention weights"):
         SlidingWindow(2, 2)(q, k, v, need_weights=True)
     with pytest.raises(TypeError, match=r"decodes with the WindowCache"):
         SlidingWindow(2, 2)(q, k, v, is_causal=True, cache=object())

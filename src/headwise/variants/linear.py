@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from headwise.errors import ShapeError, fmt_shape
 from headwise.functional._backends.math import expand_kv
+from headwise.variants.stats import weights_refused
 
 __all__ = [
     "EluFeatureMap",
@@ -437,10 +438,7 @@ class LinearAttention(nn.Module):
             query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) -> (B, H, L, Dv), None.
         """
         if need_weights:
-            raise ValueError(
-                "LinearAttention never forms attention weights (need_weights=True would be an L x S map); "
-                "use headwise.variants.streaming_head_statistics for per-head statistics of long inputs."
-            )
+            raise weights_refused("LinearAttention")
         if cache is None:
             out = linear_attention(
                 query, key, value, feature_map=self.feature_map, attn_mask=attn_mask, is_causal=is_causal,

@@ -136,3 +136,11 @@ def _chunk_weights(
         user = attn_mask[..., start:end, :] if attn_mask.dim() >= 2 and attn_mask.shape[-2] != 1 else attn_mask
         mask = merge_masks(mask, user, dtype=query.dtype)
     return attention_weights(query[:, :, start:end], key, attn_mask=mask, scale=scale)  # (B, H, c, S)
+
+
+def weights_refused(variant: str) -> ValueError:
+    """The error a long-sequence variant gives for ``need_weights=True``: it never forms an L x S map."""
+    return ValueError(
+        f"{variant} never forms attention weights (need_weights=True would be an L x S map); "
+        "use headwise.variants.streaming_head_statistics for per-head statistics of long inputs."
+    )

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from headwise.errors import ShapeError, fmt_shape
 from headwise.functional import attention, merge_masks, needs_autograd
+from headwise.variants.stats import weights_refused
 
 __all__ = ["SlidingWindow", "WindowCache", "sliding_window_attention", "window_mask"]
 
@@ -399,10 +400,7 @@ class SlidingWindow(nn.Module):
             query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) -> (B, H, L, Dv), None.
         """
         if need_weights:
-            raise ValueError(
-                "SlidingWindow does not build attention weights (need_weights=True would be an L x S map); "
-                "use headwise.variants.streaming_head_statistics for per-head statistics of long inputs."
-            )
+            raise weights_refused("SlidingWindow")
         if cache is not None:
             if not isinstance(cache, WindowCache):
                 raise TypeError(
