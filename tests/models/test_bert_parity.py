@@ -152,9 +152,10 @@ def test_encode_matches_sentence_transformers_recipe(model, reference):
 
 def test_encode_batches_by_token_count(model, monkeypatch):
     """Batches are cut by token count (not characters), windows included; each text's embedding is unchanged."""
-    from headwise.bench.encode import real_sentences  # code-heavy prose: characters are a poor proxy for tokens
+    # code-heavy prose: characters are a poor proxy for tokens
+    from headwise.bench.encode import real_sentences
 
-    texts = real_sentences(21) + ["x" * 60, "Hi.", "a b c d e f g h i j k l m n o p"]
+    texts = [*real_sentences(21), "x" * 60, "Hi.", "a b c d e f g h i j k l m n o p"]
     alone = torch.cat([model.encode([t]) for t in texts])  # (N, E), no padding at all
     monkeypatch.setattr(hm.bert, "ENCODE_WINDOW", 2)  # windows of 2 batches: several tokenizer calls
     seen = []
