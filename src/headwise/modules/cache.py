@@ -56,17 +56,17 @@ class KVCache:
         Shape:
             key, value (B, K, L, D) -> keys, values (B, K, length + L, D).
         """
-        new = key.shape[2]
-        keys = self.keys
-        expected = (keys.shape[0], keys.shape[1], new, keys.shape[3])
-        if key.shape != expected or value.shape != expected:
+        shape, keys = key.shape, self.keys
+        held = keys.shape
+        if len(shape) != 4 or value.shape != shape or shape[0] != held[0] or shape[1] != held[1] or shape[3] != held[3]:
             raise ValueError(
-                f"KVCache holds (B, K, D) = {(expected[0], expected[1], expected[3])} but got key "
+                f"KVCache holds (B, K, D) = {(held[0], held[1], held[3])} but got key "
                 f"{tuple(key.shape)} and value {tuple(value.shape)}; build one cache per layer with "
                 "that layer's num_kv_heads and head_dim."
             )
+        new = shape[2]
         end = self.length + new
-        if end > keys.shape[2]:
+        if end > held[2]:
             raise ValueError(
                 f"KVCache is full: it holds {self.max_len} positions, {self.length} are used and "
                 f"{new} more were given; create it with max_len >= {end}."
