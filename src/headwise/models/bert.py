@@ -349,7 +349,7 @@ class BertEncoder(nn.Module):
     def encode(
         self, texts: str | Sequence[str], *, batch_size: int = 32, normalize: bool | None = None
     ) -> Tensor:
-        """Sentence embeddings, computed as sentence-transformers' ``encode`` does.
+        """Sentence embeddings, the ones sentence-transformers' ``encode`` computes, in tighter batches.
 
         Each text gets the same embedding as in sentence-transformers (up to float
         rounding): tokens truncated to ``max_seq_length``, run in eval mode under
