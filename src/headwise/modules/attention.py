@@ -156,9 +156,15 @@ class Attention(nn.Module):
         Shape:
             x (B, L, E), context (B, S, E) -> out (B, L, E), weights (B, H, L, S).
         """
-        q_proj, k_proj, v_proj = self.q_proj, self.k_proj, self.v_proj  # one module lookup each
-        gate = self.head_gate
-        self._check_input(x, context, gate)  # the layer's dtype, also with quantized projections
+        modules = self._modules  # submodules and the gate read once, without nn.Module.__getattr__
+        q_proj, k_proj, v_proj = modules["q_proj"], modules["k_proj"], modules["v_proj"]
+        gate = self._parameters.get("head_gate")
+        if gate is None:  # replaced by a plain tensor attribute
+            gate = self.head_gate
+        if not (  # the common self-attention call passes; the detailed checks run otherwise
+            context is None and x.dim() == 3 and x.shape[-1] == self.embed_dim and x.dtype == gate.dtype
+        ):
+            self._check_input(x, context, gate)  # the layer's dtype, also with quantized projections
         batch, query_len, _ = x.shape
         source = x if context is None else context
         head_dim = self._head_dim

@@ -43,8 +43,10 @@ class SdpaBackend:
         query_len = query.shape[-2]
         if is_causal and query_len != 1 and query_len != key.shape[-2]:
             return None
-        # one query at the bottom-right sees every key: causal adds nothing
-        return _fused(query, key, value, is_causal=is_causal and query_len != 1)  # (B, H, L, Dv)
+        causal = is_causal and query_len != 1  # one query at the bottom-right sees every key
+        if query.shape[1] == key.shape[1]:  # the kernel's own defaults for the rest (a decoding step's cost)
+            return F.scaled_dot_product_attention(query, key, value, is_causal=causal)  # (B, H, L, Dv)
+        return _fused(query, key, value, is_causal=causal)  # (B, H, L, Dv)
 
 
 def _fused(
