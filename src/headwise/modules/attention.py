@@ -164,7 +164,7 @@ class Attention(nn.Module):
         if not (  # the common self-attention call passes; the detailed checks run otherwise
             context is None and x.dim() == 3 and x.shape[-1] == self.embed_dim and x.dtype == gate.dtype
         ):
-            self._check_input(x, context, gate)  # the layer's dtype, also with quantized projections
+            self._check_input(x, context, gate)  # gate: the layer's dtype, also with quantized projections
         batch, query_len, _ = x.shape
         source = x if context is None else context
         head_dim = self._head_dim
@@ -214,13 +214,7 @@ class Attention(nn.Module):
         return _project(self.out_proj, out, direct), weights
 
     def _check_input(self, x: Tensor, context: Tensor | None, weight: Tensor) -> None:
-        if (
-            x.dim() == 3
-            and x.shape[-1] == self.embed_dim
-            and context is None
-            and (x.dtype == weight.dtype or torch.is_autocast_enabled(x.device.type))
-        ):
-            return  # the common self-attention call; the detailed checks follow otherwise
+        """The detailed checks behind ``forward``'s inline test of the common call."""
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ShapeError(
                 f"x has shape {fmt_shape(x.shape)} but Attention expects (batch, seq, {self.embed_dim}) "
