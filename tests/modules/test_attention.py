@@ -233,6 +233,9 @@ def test_errors():
         m(torch.randn(2, 6, 16), torch.randn(3, 5, 16))
     with pytest.raises(TypeError, match="x has dtype torch.float64 but the layer's weights are torch.float32"):
         m(torch.randn(2, 6, 16, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: another input dtype is the point
+        out, _ = m(torch.randn(2, 6, 16, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="RotaryEmbedding needs a positive even head_dim, got 3"):
         RotaryEmbedding(3)
 
