@@ -87,8 +87,8 @@ def transformers_encode(
     return vectors
 
 
-def padded_positions(embeddings: torch.nn.Module, run: Callable[[], object]) -> int:
-    """Token positions (real and padding) that ``run`` feeds through ``embeddings``, summed over its batches."""
+def padded_positions(embeddings: torch.nn.Module, run: Callable[[], Tensor]) -> tuple[int, Tensor]:
+    """``run()``'s result, and the token positions (real and padding) it feeds through ``embeddings``."""
     seen = []
 
     def record(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
@@ -97,10 +97,10 @@ def padded_positions(embeddings: torch.nn.Module, run: Callable[[], object]) -> 
 
     handle = embeddings.register_forward_pre_hook(record, with_kwargs=True)
     try:
-        run()
+        result = run()
     finally:
         handle.remove()
-    return sum(seen)
+    return sum(seen), result
 
 
 def summarize(report: dict) -> list[hx.Row]:
@@ -152,11 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             "headwise": lambda b=batch_size: model.encode(texts, batch_size=b),
             "transformers": lambda b=batch_size: transformers_encode(model, reference, texts, b),
         }
-        padded = {
-            "headwise": padded_positions(model.embeddings, steps["headwise"]),
-            "transformers": padded_positions(reference.embeddings, steps["transformers"]),
-        }
-        diff = (steps["headwise"]() - steps["transformers"]()).abs().max().item()
+        padded, vectors = {}, {}  # one run each: the positions it pads and the embeddings to compare
+        for name, embeddings in (("headwise", model.embeddings), ("transformers", reference.embeddings)):
+            padded[name], vectors[name] = padded_positions(embeddings, steps[name])
+        diff = (vectors["headwise"] - vectors["transformers"]).abs().max().item()
         if diff > TOLERANCE:
             failures.append(f"batch {batch_size}: embeddings differ by {diff:.3g} > {TOLERANCE}")
         plan = hx.plan_from_warmup(hx.warm_up(steps), budget)
