@@ -258,6 +258,7 @@ def _prune_attention(layer: Attention, drop: list[int]) -> None:
     _replace(layer.out_proj, "weight", layer.out_proj.weight[:, q_rows])  # (E, H'*D)
     layer.out_proj.in_features = q_rows.numel()
     _replace(layer, "head_gate", layer.head_gate[torch.tensor(keep, device=device)])  # (H',)
+    layer._pack_projections()  # the new q/k/v weights become rows of one tensor again
 
 
 @torch.no_grad()

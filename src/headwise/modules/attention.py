@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules import module as _torch_module
+from torch.utils.weak import WeakIdKeyDictionary
 
 from headwise.errors import ShapeError, divisors, fmt_shape, heads_do_not_divide
 from headwise.functional import attention
@@ -62,6 +64,15 @@ class Attention(nn.Module):
     train by default (``requires_grad=False``): set it to mask heads, or make it require
     grad to score heads.  Head counts are read from the weights, so layers pruned to
     different sizes are ordinary.
+
+    The q/k/v weights (and biases) are separate parameters whose memory is rows of one
+    tensor, so that a forward that records no gradient for them (inference, decoding,
+    frozen weights) projects with one matrix product (with ``context``: one for q, one for
+    k and v).  Before using it, forward checks by pointer that the parameters still are
+    those rows, so a weight written in place is seen at once; after anything that gives
+    them memory of their own (``.to()``, ``load_state_dict(..., assign=True)``, copying,
+    pruning) the layer packs them again, and until then (or with hooks, quantized or
+    sharded projections, under ``torch.compile``) it calls each projection: the same result.
     """
 
     def __init__(
@@ -101,6 +112,9 @@ class Attention(nn.Module):
         self.q_norm = q_norm
         self.k_norm = k_norm
         self.variant = variant
+        self._packed: weakref.ref[_Packed] | None = None
+        self.register_load_state_dict_post_hook(_pack_after_load)
+        self._pack_projections()
 
     @property
     def head_dim(self) -> int:
@@ -170,9 +184,23 @@ class Attention(nn.Module):
         head_dim = self._head_dim
         heads, kv_heads = q_proj.out_features // head_dim, k_proj.out_features // head_dim
         direct = _direct_calls_allowed()
-        q = _project(q_proj, x, direct).view(batch, query_len, heads, head_dim).transpose(1, 2)  # (B, H, L, D)
-        k = _project(k_proj, source, direct).view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
-        v = _project(v_proj, source, direct).view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
+        packed = self._packed
+        if packed is not None and direct:
+            packed = packed()
+            if packed is not None:
+                packed = packed.usable(q_proj, k_proj, v_proj)
+        else:
+            packed = None
+        if packed is None:
+            q, k, v = _project(q_proj, x, direct), _project(k_proj, source, direct), _project(v_proj, source, direct)
+        elif context is None:  # one matrix product for q, k and v: (B, L, H*D + 2*K*D)
+            q, k, v = F.linear(x, packed.weight, packed.bias).split_with_sizes(packed.sizes, dim=-1)
+        else:
+            q = F.linear(x, q_proj._parameters["weight"], q_proj._parameters["bias"])
+            k, v = F.linear(source, packed.kv_weight, packed.kv_bias).split_with_sizes(packed.sizes[1:], dim=-1)
+        q = q.view(batch, query_len, heads, head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = k.view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
+        v = v.view(batch, source.shape[1], kv_heads, head_dim).transpose(1, 2)  # (B, K, S, D)
         if self.q_norm is not None:
             q = self.q_norm(q)
         if self.k_norm is not None:
@@ -232,11 +260,161 @@ class Attention(nn.Module):
                 f"x has dtype {x.dtype} but the layer's weights are {weight.dtype}; convert one of them."
             )
 
+    @torch.no_grad()
+    def _pack_projections(self) -> None:
+        """Make the q/k/v weights (and biases) rows of one tensor; a no-op when they already are.
+
+        Leaves the layer unpacked (each projection called on its own) when the three are not
+        plain ``nn.Linear`` with ``nn.Parameter`` weights of one dtype and device.
+        """
+        self._packed = None
+        projections = [self._modules.get(name) for name in ("q_proj", "k_proj", "v_proj")]
+        if any(type(proj) is not nn.Linear for proj in projections):
+            return
+        weights = [proj._parameters.get("weight") for proj in projections]
+        biases = [proj._parameters.get("bias") for proj in projections]
+        if any(type(w) is not nn.Parameter for w in weights):
+            return
+        if not (all(b is None for b in biases) or all(type(b) is nn.Parameter for b in biases)):
+            return
+        first = weights[0]
+        tensors = weights + [b for b in biases if b is not None]
+        if first.is_meta or first.dim() != 2 or any(
+            t.dtype != first.dtype or t.device != first.device or t.layout != torch.strided for t in tensors
+        ):
+            return
+        if any(w.dim() != 2 or w.shape[1] != first.shape[1] for w in weights):
+            return
+        weight = _as_rows_of_one(weights)  # (H*D + 2*K*D, E)
+        bias = None if biases[0] is None else _as_rows_of_one(biases)  # (H*D + 2*K*D,)
+        packed = _Packed(weight, bias, weights)
+        for w in weights:  # the parameters keep it alive, the layer does not: see _Packed
+            _HELD_BY[w] = packed
+        self._packed = weakref.ref(packed)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Attention:
+        module = super()._apply(fn, recurse)
+        self._pack_projections()  # .to(), .half(), ... give each parameter its own memory
+        return module
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_packed"] = None  # a weak reference; rebuilt from the parameters by __setstate__
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._pack_projections()  # copies (deepcopy, pickling) give each parameter its own memory
+
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
             f"head_dim={self.head_dim}, dropout={self.dropout}, head_dropout={self.head_dropout}"
         )
+
+
+class _Packed:
+    """The q/k/v weights and biases of an :class:`Attention` as rows of one tensor each.
+
+    It lives as long as one of the q/k/v weight parameters does (``_HELD_BY``); the layer
+    refers to it weakly, so that it never keeps memory alive that the parameters no longer
+    use (after a projection is quantized, sharded or replaced).
+    """
+
+    __slots__ = ("__weakref__", "bias", "kv_bias", "kv_weight", "offsets", "shapes", "sizes", "weight")
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, weights: list[nn.Parameter]) -> None:
+        q_size, k_size, v_size = (w.shape[0] for w in weights)
+        row, item = weight.stride(0) * weight.element_size(), weight.element_size()
+        self.weight = weight  # (H*D + 2*K*D, E); q_proj, k_proj and v_proj's weights are its rows
+        self.bias = bias  # (H*D + 2*K*D,)
+        self.kv_weight = weight[q_size:]  # (2*K*D, E), the k and v rows
+        self.kv_bias = None if bias is None else bias[q_size:]  # (2*K*D,)
+        self.sizes = (q_size, k_size, v_size)  # H*D, K*D, K*D
+        self.shapes = (weights[0].shape, weights[1].shape, weights[2].shape)
+        # bytes from the start to k's and v's weight rows, then to their bias entries
+        self.offsets = (q_size * row, (q_size + k_size) * row, q_size * item, (q_size + k_size) * item)
+
+    def usable(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module) -> _Packed | None:
+        """``self`` when the projections are hook-free ``nn.Linear`` whose parameters are still
+        these rows and no gradient is recorded for them; else ``None``.
+
+        While ``self`` lives, its memory does, so no other tensor can start at one of its
+        addresses: equal pointers mean the same memory, whatever was written to it since.
+        """
+        if not (_hook_free(q_proj) and _hook_free(k_proj) and _hook_free(v_proj)) or torch.compiler.is_compiling():
+            return None
+        q, k, v = q_proj._parameters, k_proj._parameters, v_proj._parameters
+        wq, wk, wv = q.get("weight"), k.get("weight"), v.get("weight")
+        if wq is None or wk is None or wv is None:
+            return None
+        start = self.weight.data_ptr()
+        if (
+            wq.data_ptr() != start
+            or wk.data_ptr() != start + self.offsets[0]
+            or wv.data_ptr() != start + self.offsets[1]
+            or (wq.shape, wk.shape, wv.shape) != self.shapes
+        ):
+            return None
+        grad = torch.is_grad_enabled()
+        if grad and (wq.requires_grad or wk.requires_grad or wv.requires_grad):
+            return None  # the gradient must reach each parameter
+        bq, bk, bv = q.get("bias"), k.get("bias"), v.get("bias")
+        if self.bias is None:
+            return self if bq is None and bk is None and bv is None else None
+        if bq is None or bk is None or bv is None:
+            return None
+        start = self.bias.data_ptr()
+        if bq.data_ptr() != start or bk.data_ptr() != start + self.offsets[2] or bv.data_ptr() != start + self.offsets[3]:
+            return None
+        if grad and (bq.requires_grad or bk.requires_grad or bv.requires_grad):
+            return None
+        return self
+
+
+# each packed q/k/v weight parameter -> its _Packed; an entry goes with its parameter
+_HELD_BY: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
+def _as_rows_of_one(tensors: list[nn.Parameter]) -> Tensor:
+    """A tensor whose consecutive rows are ``tensors``; each of them points into it afterwards.
+
+    Shape:
+        (n_i, E)... -> (sum n_i, E), or (n_i,)... -> (sum n_i,)
+    """
+    first = tensors[0]
+    shape = (sum(t.shape[0] for t in tensors), *first.shape[1:])
+    stride = (first.shape[1], 1) if first.dim() == 2 else (1,)
+    storage, offset = first.untyped_storage(), first.storage_offset()
+    position = offset
+    for t in tensors:  # already rows of one storage: packed before, or moved in place (share_memory_())
+        if not (
+            t.is_contiguous() and t.untyped_storage().data_ptr() == storage.data_ptr() and t.storage_offset() == position
+        ):
+            break
+        position += t.numel()
+    else:
+        return torch.empty(0, dtype=first.dtype, device=first.device).set_(storage, offset, shape, stride)
+    packed = torch.cat([t.detach() for t in tensors])
+    start = 0
+    for t in tensors:
+        t.data = packed[start : start + t.shape[0]]
+        start += t.shape[0]
+    return packed
+
+
+def _pack_after_load(module: nn.Module, incompatible_keys: Any) -> None:
+    """``load_state_dict`` post hook: ``assign=True`` replaces the parameters."""
+    module._pack_projections()
+
+
+def _hook_free(proj: nn.Module) -> bool:
+    """A plain ``nn.Linear`` that no module hook and no ``proj.compile()`` applies to."""
+    return (
+        type(proj) is nn.Linear
+        and proj._compiled_call_impl is None
+        and not (proj._forward_hooks or proj._forward_pre_hooks or proj._backward_hooks or proj._backward_pre_hooks)
+    )
 
 
 def _direct_calls_allowed() -> bool:
@@ -257,12 +435,7 @@ def _project(proj: nn.Module, x: Tensor, direct: bool) -> Tensor:
     else (a quantized or tensor-parallel projection, hooks, ``proj.compile()``, a
     subclass) is called as a module.
     """
-    if (
-        direct
-        and type(proj) is nn.Linear
-        and proj._compiled_call_impl is None
-        and not (proj._forward_hooks or proj._forward_pre_hooks or proj._backward_hooks or proj._backward_pre_hooks)
-    ):
+    if direct and _hook_free(proj):
         params = proj._parameters
         weight = params.get("weight")
         if weight is not None and "bias" in params:
