@@ -15,8 +15,9 @@ from torch.overrides import TorchFunctionMode
 
 from headwise import Attention
 from headwise.heads import prune_heads_
+from headwise.modules.attention import PACKED_MIN_ROWS
 
-E, H, B, L = 32, 4, 2, 6
+E, H, B, L = 32, 4, 2, 8  # B * L = 16 rows: packed on CPU (PACKED_MIN_ROWS)
 
 
 class CountLinear(TorchFunctionMode):
@@ -77,11 +78,28 @@ def test_one_matmul_for_q_k_v_when_nothing_is_recorded(kwargs):
         assert calls == 3  # q, then k and v together
         torch.testing.assert_close(got, by_hand(attn, x, context), atol=1e-5, rtol=1e-5)
     with torch.inference_mode():
-        cache = attn.new_cache(B, L)
-        steps = [linear_calls(attn, x[:, t : t + 1], is_causal=True, cache=cache) for t in range(L)]
-        assert {calls for calls, _ in steps} == {2}
-        full, _ = attn(x, is_causal=True)
-        torch.testing.assert_close(torch.cat([out for _, out in steps], 1), full, atol=1e-5, rtol=1e-5)
+        sequence = torch.randn(B, L + 3, E)
+        cache = attn.new_cache(B, L + 3)
+        calls, first = linear_calls(attn, sequence[:, :L], is_causal=True, cache=cache)
+        assert calls == 2  # the prompt, B * L rows at once
+        steps = [linear_calls(attn, sequence[:, t : t + 1], is_causal=True, cache=cache) for t in range(L, L + 3)]
+        assert {calls for calls, _ in steps} == {4}  # B rows per decoding step: apart on CPU
+        full, _ = attn(sequence, is_causal=True)
+        torch.testing.assert_close(torch.cat([first] + [out for _, out in steps], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_rows_decide_packing_on_cpu():
+    attn = Attention(E, H).eval()
+    with torch.no_grad():
+        for rows in (1, PACKED_MIN_ROWS - 1, PACKED_MIN_ROWS):
+            x = torch.randn(1, rows, E)
+            calls, got = linear_calls(attn, x)
+            assert calls == (2 if rows >= PACKED_MIN_ROWS else 4)
+            torch.testing.assert_close(got, by_hand(attn, x), atol=1e-5, rtol=1e-5)
+        strided = torch.randn(PACKED_MIN_ROWS, 3, E)[:, 1:2]  # (16, 1, E), not contiguous
+        calls, got = linear_calls(attn, strided)
+        assert calls == 2
+        torch.testing.assert_close(got, by_hand(attn, strided), atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_reach_each_projection():
