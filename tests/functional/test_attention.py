@@ -148,7 +148,8 @@ def test_gradcheck_math(mask_kind):
 def test_gradcheck_averaged_weights(kv_heads, monkeypatch):
     from headwise.functional import _weights
 
-    monkeypatch.setattr(_weights, "BLOCK_ELEMENTS", 2 * 2 * 5)  # several blocks of rows
+    monkeypatch.setattr(_weights, "BLOCK_ELEMENTS", 2 * 2 * 5)  # several blocks of rows (backward)
+    monkeypatch.setattr(_weights, "HEAD_BLOCK_ELEMENTS", 2 * 5 * 2)  # two rows a block (forward)
     q, k, _ = qkv(b=2, h=2, k=kv_heads, lq=4, s=5, d=3, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(2, 1, 4, 5) > 0.3
     mask[0, 0, 1] = False  # an empty row
@@ -254,7 +255,8 @@ def test_attention_mean_weights_both_paths(grad, small_maps, kv_heads, monkeypat
     import headwise.functional
     from headwise.functional import _weights, attention_mean_weights
 
-    monkeypatch.setattr(_weights, "BLOCK_ELEMENTS", 2 * 4 * 7 * 2)  # several row blocks
+    monkeypatch.setattr(_weights, "BLOCK_ELEMENTS", 2 * 4 * 7 * 2)  # several row blocks (backward)
+    monkeypatch.setattr(_weights, "HEAD_BLOCK_ELEMENTS", 2 * 7 * 2)  # two rows a block (forward)
     if not small_maps:  # training on large maps: fused output + block-wise recomputed weights
         monkeypatch.setattr(headwise.functional, "SMALL_WEIGHT_MAPS", 0)
     q, k, v = qkv(h=4, k=kv_heads, lq=5, s=7, requires_grad=grad)
