@@ -79,11 +79,14 @@ def _mean_probs_by_head(
     if alive is not None:
         alive = alive.broadcast_to((batch, heads, query_len, 1))  # a view
     low_precision = weights.dtype.itemsize < 4  # half types: add the heads up in float32
-    for start, stop in _head_blocks(q_scaled, key_len):
+    blocks = _head_blocks(q_scaled, key_len)
+    buffer = q_scaled.new_empty(batch * (blocks[0][1] - blocks[0][0]) * key_len)  # every head's scores in turn
+    for start, stop in blocks:
         rows = weights[:, start:stop]  # (B, rows, S)
         block = rows.float() if low_precision else rows  # (B, rows, S)
+        scores_out = buffer[: batch * (stop - start) * key_len].view(batch, stop - start, key_len)  # (B, rows, S)
         for h in range(heads):
-            scores = torch.matmul(q_scaled[:, h, start:stop], key_t[:, h // groups])  # (B, rows, S)
+            scores = torch.matmul(q_scaled[:, h, start:stop], key_t[:, h // groups], out=scores_out)  # (B, rows, S)
             probs = softmax_rows(
                 scores,
                 None if mask is None else mask[:, h, start:stop],
