@@ -66,7 +66,7 @@ def _mean_probs_by_head(
     multiplied by that head's values), then dropped.
 
     Shape:
-        q_scaled (B, H, L, D), key (B, K, S, D) contiguous, mask broadcastable to
+        q_scaled (B, H, L, D), key (B, K, S, D), mask broadcastable to
         (B, H, L, S), alive broadcastable to (B, H, L, 1), value (B, K, S, Dv) ->
         weights (B, L, S), output (B, H, L, Dv).
     """
@@ -116,7 +116,7 @@ class _MeanHeadWeights(torch.autograd.Function):
         batch, _, query_len, _ = query.shape
         key_len = key.shape[-2]
         out = query.new_empty(batch, query_len, key_len)  # (B, L, S)
-        _mean_probs_by_head(scaled_query(query, scale), key.contiguous(), mask, alive, out)
+        _mean_probs_by_head(scaled_query(query, scale), key, mask, alive, out)
         ctx.save_for_backward(query, key, mask, alive)
         ctx.scale = scale
         return out
@@ -172,10 +172,10 @@ def output_and_mean_weights(
         -> output (B, H, L, Dv), weights (B, L, S).
     """
     batch, heads, query_len, _ = query.shape
-    output = query.new_empty(batch, heads, query_len, value.shape[-1])  # (B, H, L, Dv)
+    # laid out (B, L, H, Dv), the order the heads are gathered in for the output projection
+    output = query.new_empty(batch, query_len, heads, value.shape[-1]).transpose(1, 2)  # (B, H, L, Dv)
     weights = query.new_empty(batch, query_len, key.shape[2])  # (B, L, S)
     _mean_probs_by_head(
-        scaled_query(query, scale), key.contiguous(), prepared.mask, prepared.alive, weights,
-        value.contiguous(), output,
+        scaled_query(query, scale), key, prepared.mask, prepared.alive, weights, value, output,
     )
     return output, weights
