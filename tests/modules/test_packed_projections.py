@@ -194,6 +194,10 @@ def test_packed_again_after_copies_conversions_and_pruning():
         assert calls == 2, name
         torch.testing.assert_close(got.float(), expected, atol=1e-5, rtol=1e-5, msg=name)
     assert copies["shared"].k_proj.weight.is_shared()
+    shallow = copy.copy(attn)  # the same parameters: both layers keep the one packed tensor
+    with torch.no_grad():
+        assert linear_calls(shallow, x)[0] == 2
+        assert linear_calls(attn, x)[0] == 2
     pruned = copy.deepcopy(attn)
     prune_heads_(pruned, {0: [1, 3]})
     assert shares_one_storage(pruned)

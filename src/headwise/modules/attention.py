@@ -289,6 +289,10 @@ class Attention(nn.Module):
             return
         if any(w.dim() != 2 or w.shape[1] != first.shape[1] for w in weights):
             return
+        existing = _HELD_BY.get(weights[0])
+        if existing is not None and existing.holds(weights, biases):  # e.g. a shallow copy of this layer
+            self._packed = weakref.ref(existing)
+            return
         weight = _as_rows_of_one(weights)  # (H*D + 2*K*D, E)
         bias = None if biases[0] is None else _as_rows_of_one(biases)  # (H*D + 2*K*D,)
         packed = _Packed(weight, bias, weights)
@@ -338,6 +342,20 @@ class _Packed:
         self.shapes = (weights[0].shape, weights[1].shape, weights[2].shape)
         # bytes from the start to k's and v's weight rows, then to their bias entries
         self.offsets = (q_size * row, (q_size + k_size) * row, q_size * item, (q_size + k_size) * item)
+
+    def holds(self, weights: list[nn.Parameter], biases: list[nn.Parameter | None]) -> bool:
+        """Whether ``weights`` and ``biases`` (q, k, v) are still these rows."""
+        start = self.weight.data_ptr()
+        if [w.data_ptr() for w in weights] != [start, start + self.offsets[0], start + self.offsets[1]]:
+            return False
+        if (weights[0].shape, weights[1].shape, weights[2].shape) != self.shapes:
+            return False
+        if self.bias is None:
+            return all(b is None for b in biases)
+        start = self.bias.data_ptr()
+        return [None if b is None else b.data_ptr() for b in biases] == [
+            start, start + self.offsets[2], start + self.offsets[3]
+        ]
 
     def usable(self, q_proj: nn.Module, k_proj: nn.Module, v_proj: nn.Module) -> _Packed | None:
         """``self`` when the projections are hook-free ``nn.Linear`` whose parameters are still
