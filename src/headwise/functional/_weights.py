@@ -29,10 +29,13 @@ ACCELERATOR_BLOCK_FACTOR = 64
 HEAD_BLOCK_ELEMENTS = 1 << 21
 
 
-def _blocks(query: Tensor, key_len: int) -> list[tuple[int, int]]:
+def _blocks(query: Tensor, key_len: int, *, one_head: bool = False) -> list[tuple[int, int]]:
+    """Blocks of query rows whose scores, all heads' (or ``one_head``'s), fit the element budget."""
     batch, heads, query_len, _ = query.shape
-    budget = BLOCK_ELEMENTS if query.device.type == "cpu" else BLOCK_ELEMENTS * ACCELERATOR_BLOCK_FACTOR
-    step = max(1, budget // max(1, batch * heads * key_len))
+    budget = HEAD_BLOCK_ELEMENTS if one_head else BLOCK_ELEMENTS
+    if query.device.type != "cpu":
+        budget *= ACCELERATOR_BLOCK_FACTOR
+    step = max(1, budget // max(1, batch * (1 if one_head else heads) * key_len))
     return [(start, min(start + step, query_len)) for start in range(0, query_len, step)]
 
 
@@ -41,13 +44,6 @@ def _rows(t: Tensor | None, start: int, stop: int) -> Tensor | None:
     if t is None or t.shape[-2] == 1:
         return t
     return t[..., start:stop, :]
-
-
-def _head_blocks(query: Tensor, key_len: int) -> list[tuple[int, int]]:
-    batch, _, query_len, _ = query.shape
-    budget = HEAD_BLOCK_ELEMENTS if query.device.type == "cpu" else HEAD_BLOCK_ELEMENTS * ACCELERATOR_BLOCK_FACTOR
-    step = max(1, budget // max(1, batch * key_len))
-    return [(start, min(start + step, query_len)) for start in range(0, query_len, step)]
 
 
 def _mean_probs_by_head(
@@ -79,7 +75,7 @@ def _mean_probs_by_head(
     if alive is not None:
         alive = alive.broadcast_to((batch, heads, query_len, 1))  # a view
     low_precision = weights.dtype.itemsize < 4  # half types: add the heads up in float32
-    blocks = _head_blocks(q_scaled, key_len)
+    blocks = _blocks(q_scaled, key_len, one_head=True)
     buffer = q_scaled.new_empty(batch * (blocks[0][1] - blocks[0][0]) * key_len)  # every head's scores in turn
     for start, stop in blocks:
         rows = weights[:, start:stop]  # (B, rows, S)

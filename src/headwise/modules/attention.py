@@ -283,7 +283,7 @@ class Attention(nn.Module):
             return
         first = weights[0]
         tensors = weights + [b for b in biases if b is not None]
-        if first.is_meta or first.dim() != 2 or any(
+        if first.is_meta or any(
             t.dtype != first.dtype or t.device != first.device or t.layout != torch.strided for t in tensors
         ):
             return
@@ -366,31 +366,13 @@ class _Packed:
         """
         if not (_hook_free(q_proj) and _hook_free(k_proj) and _hook_free(v_proj)) or torch.compiler.is_compiling():
             return None
-        q, k, v = q_proj._parameters, k_proj._parameters, v_proj._parameters
-        wq, wk, wv = q.get("weight"), k.get("weight"), v.get("weight")
-        if wq is None or wk is None or wv is None:
+        params = (q_proj._parameters, k_proj._parameters, v_proj._parameters)
+        weights = [p.get("weight") for p in params]
+        biases = [p.get("bias") for p in params]
+        if any(w is None for w in weights) or not self.holds(weights, biases):
             return None
-        start = self.weight.data_ptr()
-        if (
-            wq.data_ptr() != start
-            or wk.data_ptr() != start + self.offsets[0]
-            or wv.data_ptr() != start + self.offsets[1]
-            or (wq.shape, wk.shape, wv.shape) != self.shapes
-        ):
-            return None
-        grad = torch.is_grad_enabled()
-        if grad and (wq.requires_grad or wk.requires_grad or wv.requires_grad):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (*weights, *biases)):
             return None  # the gradient must reach each parameter
-        bq, bk, bv = q.get("bias"), k.get("bias"), v.get("bias")
-        if self.bias is None:
-            return self if bq is None and bk is None and bv is None else None
-        if bq is None or bk is None or bv is None:
-            return None
-        start = self.bias.data_ptr()
-        if bq.data_ptr() != start or bk.data_ptr() != start + self.offsets[2] or bv.data_ptr() != start + self.offsets[3]:
-            return None
-        if grad and (bq.requires_grad or bk.requires_grad or bv.requires_grad):
-            return None
         return self
 
 
