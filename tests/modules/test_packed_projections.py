@@ -17,7 +17,7 @@ from headwise import Attention
 from headwise.heads import prune_heads_
 from headwise.modules.attention import PACKED_MIN_ROWS
 
-E, H, B, L = 32, 4, 2, 8  # B * L = 16 rows: packed on CPU (PACKED_MIN_ROWS)
+E, H, B, L = 32, 4, 2, 16  # B * L = 32 rows: packed on CPU (PACKED_MIN_ROWS)
 
 
 class CountLinear(TorchFunctionMode):
@@ -68,7 +68,7 @@ def test_one_matmul_for_q_k_v_when_nothing_is_recorded(kwargs):
     attn = Attention(E, H, **kwargs).eval()
     with torch.no_grad():
         attn.head_gate.copy_(torch.tensor([1.0, 0.0, 0.5, 2.0]))
-    x, context = torch.randn(B, L, E), torch.randn(B, 9, E)
+    x, context = torch.randn(B, L, E), torch.randn(B, 17, E)
     assert shares_one_storage(attn)
     with torch.no_grad():
         calls, got = linear_calls(attn, x)
@@ -96,7 +96,7 @@ def test_rows_decide_packing_on_cpu():
             calls, got = linear_calls(attn, x)
             assert calls == (2 if rows >= PACKED_MIN_ROWS else 4)
             torch.testing.assert_close(got, by_hand(attn, x), atol=1e-5, rtol=1e-5)
-        strided = torch.randn(PACKED_MIN_ROWS, 3, E)[:, 1:2]  # (16, 1, E), not contiguous
+        strided = torch.randn(PACKED_MIN_ROWS, 3, E)[:, 1:2]  # (PACKED_MIN_ROWS, 1, E), not contiguous
         calls, got = linear_calls(attn, strided)
         assert calls == 2
         torch.testing.assert_close(got, by_hand(attn, strided), atol=1e-5, rtol=1e-5)

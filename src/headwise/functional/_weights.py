@@ -22,10 +22,11 @@ BLOCK_ELEMENTS = 1 << 20
 ACCELERATOR_BLOCK_FACTOR = 64
 #: Elements of one head's scores for a block of query rows, (B, rows, S), in forward, which
 #: runs the heads of a block one after another.  A head at a time lets the block have 8x to 12x
-#: more rows for the same memory, so each Q K^T product is larger and closer to the CPU's
-#: matmul rate: the forward of the averaged weights took 15% to 30% less time than with all
-#: heads per block at (B, H, L) = (4, 8, 512), (1, 8, 2048) and (1, 12, 4096) on this project's
-#: 2-core Xeon (2**21 floats, 8 MiB in fp32, did best of 2**20 to 2**22 at L = 4096).
+#: more rows for the same memory, so each Q K^T product is larger and closer to the CPU's matmul
+#: rate: the drop-in's default call went from 1.10x to 1.28x torch's speed at L=4096 in inference
+#: (`headwise bench mha`).  Among 2**20 to 2**22 floats, 2**21 (8 MiB in fp32) did best at
+#: (B, H, L) = (1, 12, 4096) and within 6% of the best at (4, 8, 512) and (1, 8, 2048) on this
+#: project's 2-core Xeon (`benchmarks/tuning.py weights`).
 HEAD_BLOCK_ELEMENTS = 1 << 21
 
 

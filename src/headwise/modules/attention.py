@@ -68,7 +68,7 @@ class Attention(nn.Module):
     The q/k/v weights (and biases) are separate parameters whose memory is rows of one
     tensor, so that a forward that records no gradient for them (inference, frozen
     weights) projects with one matrix product (with ``context``: one for q, one for k and
-    v); on CPU from :data:`PACKED_MIN_ROWS` rows (B * S) on, not in single decoding steps.
+    v); on CPU from :data:`PACKED_MIN_ROWS` rows (B * S) on, not in decoding steps.
     Before using it, forward checks by pointer that the parameters still are those rows,
     so a weight written in place is seen at once; after anything that gives them memory
     of their own (``.to()``, ``load_state_dict(..., assign=True)``, copying, pruning) the
@@ -376,11 +376,14 @@ class _Packed:
         return self
 
 
-# On CPU, a call with fewer rows (B * S) than this projects q, k and v apart: such products are
-# bound by reading the weights, and decoding steps (B from 1 to 8) ran 3% to 8% slower in wall
-# time with one product over the packed rows on this project's 2-core Xeon, 2 threads; at 16
-# rows the two were even, at 46 (a MiniLM sentence) the packed product was 7% to 12% faster.
-PACKED_MIN_ROWS = 16
+# On CPU, a call with fewer rows (B * S) than this projects q, k and v apart.  Such products
+# are bound by reading the weights, and in decoding (E=512, H=8, B from 1 to 16 rows a step) one
+# product over the packed rows ran 4% to 8% slower in wall time on this project's 2-core Xeon;
+# at 16 and 46 rows of MiniLM-sized layers the two were even, at 32 x 56 rows the packed product
+# was 6% to 8% faster, and in the pruned MiniLM's attention sublayers (`headwise bench prune`) it
+# took the speed-up over the unpruned model from 1.62-1.74x to 1.72-1.83x.  Measured with
+# `benchmarks/tuning.py rows`.
+PACKED_MIN_ROWS = 32
 
 # each packed q/k/v weight parameter -> its _Packed; an entry goes with its parameter
 _HELD_BY: WeakIdKeyDictionary = WeakIdKeyDictionary()
