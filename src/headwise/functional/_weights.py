@@ -31,11 +31,16 @@ HEAD_BLOCK_ELEMENTS = 1 << 21
 
 
 def _blocks(query: Tensor, key_len: int, *, one_head: bool = False) -> list[tuple[int, int]]:
-    """Blocks of query rows whose scores, all heads' (or ``one_head``'s), fit the element budget."""
+    """Blocks of query rows whose scores, all heads' (or ``one_head``'s), fit the element budget.
+
+    On an accelerator both get ``BLOCK_ELEMENTS * ACCELERATOR_BLOCK_FACTOR``: one head's
+    block holds as much memory as all heads' did before heads were taken one at a time.
+    """
     batch, heads, query_len, _ = query.shape
-    budget = HEAD_BLOCK_ELEMENTS if one_head else BLOCK_ELEMENTS
     if query.device.type != "cpu":
-        budget *= ACCELERATOR_BLOCK_FACTOR
+        budget = BLOCK_ELEMENTS * ACCELERATOR_BLOCK_FACTOR
+    else:
+        budget = HEAD_BLOCK_ELEMENTS if one_head else BLOCK_ELEMENTS
     step = max(1, budget // max(1, batch * (1 if one_head else heads) * key_len))
     return [(start, min(start + step, query_len)) for start in range(0, query_len, step)]
 
