@@ -198,7 +198,7 @@ class Attention(nn.Module):
             # contiguous: F.linear runs a strided 3-D input as a batched product over an expanded weight
             q, k, v = F.linear(x.contiguous(), packed.weight, packed.bias).split_with_sizes(packed.sizes, dim=-1)
         else:
-            q = F.linear(x, q_proj._parameters["weight"], q_proj._parameters["bias"])
+            q = _project(q_proj, x, direct)
             k, v = F.linear(source.contiguous(), packed.kv_weight, packed.kv_bias).split_with_sizes(
                 packed.sizes[1:], dim=-1
             )
