@@ -53,8 +53,9 @@ def _rows(t: Tensor | None, start: int, stop: int) -> Tensor | None:
 
 
 def _mean_probs_by_head(
-    q_scaled: Tensor,
+    query: Tensor,
     key: Tensor,
+    scale: float,
     mask: Tensor | None,
     alive: Tensor | None,
     weights: Tensor,
@@ -65,41 +66,61 @@ def _mean_probs_by_head(
 
     A block of query rows at a time, and within it one head at a time: each head's
     (B, rows, S) probabilities are added into the block's rows of ``weights`` (and
-    multiplied by that head's values), then dropped.
+    multiplied by that head's values into its slice of ``output``), then
+    dropped.  Inputs are read where they lie: a head's rows of ``query`` and its
+    ``key``/``value`` are strided views (no copies), the scale is applied inside the
+    Q K^T product, and the softmax runs in place in one reused scores buffer.
 
     Shape:
-        q_scaled (B, H, L, D), key (B, K, S, D), mask broadcastable to
+        query (B, H, L, D), key (B, K, S, D), mask broadcastable to
         (B, H, L, S), alive broadcastable to (B, H, L, 1), value (B, K, S, Dv) ->
         weights (B, L, S), output (B, H, L, Dv).
     """
-    batch, heads, query_len, _ = q_scaled.shape
+    batch, heads, query_len, _ = query.shape
     kv_heads, key_len = key.shape[1], key.shape[2]
     groups = heads // kv_heads
     key_t = key.transpose(-2, -1)  # (B, K, D, S)
     if mask is not None:
+        if mask.dtype == torch.bool:
+            mask = ~mask  # True = masked, for masked_fill_; inverted before broadcasting, at its own size
         mask = mask.broadcast_to((batch, heads, query_len, key_len))  # a view
     if alive is not None:
         alive = alive.broadcast_to((batch, heads, query_len, 1))  # a view
     low_precision = weights.dtype.itemsize < 4  # half types: add the heads up in float32
-    blocks = _blocks(q_scaled, key_len, one_head=True)
-    buffer = q_scaled.new_empty(batch * (blocks[0][1] - blocks[0][0]) * key_len)  # every head's scores in turn
+    blocks = _blocks(query, key_len, one_head=True)
+    buffer = query.new_empty(batch * (blocks[0][1] - blocks[0][0]) * key_len)  # every head's scores in turn
+    # each head's (B, L, X) view, taken once: at short lengths the per-head slicing is a visible cost
+    query_heads = query.unbind(1)  # H x (B, L, D)
+    key_t_heads = key_t.unbind(1)  # K x (B, D, S)
+    value_heads = value.unbind(1) if value is not None else None  # K x (B, S, Dv)
+    output_heads = output.unbind(1) if output is not None else None  # H x (B, L, Dv)
+    mask_heads = mask.unbind(1) if mask is not None else None  # H x (B, L, S)
+    alive_heads = alive.unbind(1) if alive is not None else None  # H x (B, L, 1)
+    whole = len(blocks) == 1
     for start, stop in blocks:
         rows = weights[:, start:stop]  # (B, rows, S)
         block = rows.float() if low_precision else rows  # (B, rows, S)
-        scores_out = buffer[: batch * (stop - start) * key_len].view(batch, stop - start, key_len)  # (B, rows, S)
+        scores = buffer[: batch * (stop - start) * key_len].view(batch, stop - start, key_len)  # (B, rows, S)
         for h in range(heads):
-            scores = torch.matmul(q_scaled[:, h, start:stop], key_t[:, h // groups], out=scores_out)  # (B, rows, S)
-            probs = softmax_rows(
-                scores,
-                None if mask is None else mask[:, h, start:stop],
-                None if alive is None else alive[:, h, start:stop],
-            )  # (B, rows, S)
-            if value is not None and output is not None:
-                output[:, h, start:stop] = torch.matmul(probs, value[:, h // groups])  # (B, rows, Dv)
+            q_h = query_heads[h] if whole else query_heads[h][:, start:stop]  # (B, rows, D)
+            torch.baddbmm(scores, q_h, key_t_heads[h // groups], beta=0.0, alpha=scale, out=scores)  # (B, rows, S)
+            if mask_heads is not None:
+                head_mask = mask_heads[h] if whole else mask_heads[h][:, start:stop]  # (B, rows, S)
+                if head_mask.dtype == torch.bool:
+                    scores.masked_fill_(head_mask, float("-inf"))
+                else:
+                    scores.add_(head_mask)
+            torch.softmax(scores, dim=-1, out=scores)  # half types accumulate in float32 inside the kernel
+            if alive_heads is not None:
+                scores.mul_(alive_heads[h] if whole else alive_heads[h][:, start:stop])  # rows with no key become zero
+            if value_heads is not None and output_heads is not None:
+                # (bmm's out= into the strided slice is slower than a new product and a copy)
+                out_h = output_heads[h] if whole else output_heads[h][:, start:stop]  # (B, rows, Dv)
+                out_h.copy_(torch.bmm(scores, value_heads[h // groups]))
             if h == 0:
-                block.copy_(probs)
+                block.copy_(scores)
             else:
-                block.add_(probs)
+                block.add_(scores)
         block.div_(heads)
         if low_precision:
             rows.copy_(block)
@@ -118,7 +139,7 @@ class _MeanHeadWeights(torch.autograd.Function):
         batch, _, query_len, _ = query.shape
         key_len = key.shape[-2]
         out = query.new_empty(batch, query_len, key_len)  # (B, L, S)
-        _mean_probs_by_head(scaled_query(query, scale), key, mask, alive, out)
+        _mean_probs_by_head(query, key, scale, mask, alive, out)
         ctx.save_for_backward(query, key, mask, alive)
         ctx.scale = scale
         return out
@@ -177,7 +198,5 @@ def output_and_mean_weights(
     # laid out (B, L, H, Dv), the order the heads are gathered in for the output projection
     output = query.new_empty(batch, query_len, heads, value.shape[-1]).transpose(1, 2)  # (B, H, L, Dv)
     weights = query.new_empty(batch, query_len, key.shape[2])  # (B, L, S)
-    _mean_probs_by_head(
-        scaled_query(query, scale), key, prepared.mask, prepared.alive, weights, value, output,
-    )
+    _mean_probs_by_head(query, key, scale, prepared.mask, prepared.alive, weights, value, output)
     return output, weights

@@ -242,11 +242,12 @@ class MultiheadAttention(nn.MultiheadAttention):
         bias = self.in_proj_bias
         if bias is not None and bias.dtype != query.dtype:
             bias = bias.to(query.dtype)  # torch's layer accepts a bias of another dtype too
+        if self._qkv_same_embed_dim and same_qkv:
+            # split_with_sizes: Tensor.split's Python wrapper costs more than the split at short lengths
+            return F.linear(query, self.in_proj_weight, bias).split_with_sizes([e, e, e], dim=-1)  # 3 x (B, L, E)
         b_q, b_k, b_v = (None, None, None) if bias is None else bias.split(e)
         if self._qkv_same_embed_dim:
             w = self.in_proj_weight
-            if same_qkv:
-                return F.linear(query, w, bias).split(e, dim=-1)  # 3 x (B, L, E)
             w_q, w_kv = w.split([e, 2 * e])
             q = F.linear(query, w_q, b_q)  # (B, L, E)
             if same_kv:
