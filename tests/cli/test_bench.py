@@ -8,6 +8,7 @@ import re
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from headwise.bench import SUITES, missing_reference
@@ -49,6 +50,8 @@ def test_bench_mha_retakes_one_length_with_its_own_budget(tmp_path, capsys):
     assert mha.main(["--quick", "--length", "32", "--mode", "infer", "--no-memory", "--seconds", "0.05", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert [r["shape"]["length"] for r in report["speed"]["infer"]] == [32]  # the L=96 shapes were left out
+    faults = report["speed"]["infer"][0]["minor_faults_per_call"]
+    assert set(faults) == set(mha.IMPLS) and all(count >= 0 for count in faults.values())
     assert "memory" not in report
     with pytest.raises(SystemExit):
         mha.main(["--quick", "--length", "33"])
@@ -225,3 +228,17 @@ def test_bench_quant_needs_torchao(monkeypatch):
     result = CliRunner().invoke(main, ["bench", "quant", "--quick"])
     assert result.exit_code == 2
     assert "the quant suite needs torchao, which is not installed: pip install torchao" in result.output
+
+
+def test_round_robin_counts_the_page_faults_of_each_step():
+    from headwise.bench import harness as hx
+
+    def fresh_memory() -> None:
+        # 64 MiB: above glibc's largest mmap threshold, so each call maps new pages and touches them
+        torch.ones(1 << 24)
+
+    faults: dict[str, float] = {}
+    samples = hx.round_robin({"fresh": fresh_memory, "nothing": lambda: None}, hx.Plan(rounds=3, inner=2), faults)
+    assert [len(s) for s in samples.values()] == [3, 3]
+    assert faults["fresh"] >= 16  # 64 MiB is at least 32 huge pages, or 16384 small ones, per call
+    assert faults["nothing"] < 1

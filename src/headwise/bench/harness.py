@@ -81,14 +81,31 @@ def plan_from_warmup(seconds_per_call: Mapping[str, float], budget: Budget) -> P
     return Plan(rounds=max(budget.min_rounds, min(budget.max_rounds, rounds)), inner=inner)
 
 
-def round_robin(steps: Mapping[str, Step], plan: Plan) -> dict[str, list[float]]:
-    """Seconds per call for each step and round; round r starts at step r mod n."""
+def minor_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel had to map in on first touch)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def round_robin(
+    steps: Mapping[str, Step], plan: Plan, faults: dict[str, float] | None = None
+) -> dict[str, list[float]]:
+    """Seconds per call for each step and round; round r starts at step r mod n.
+
+    With ``faults`` given, it is filled with each step's minor page faults per call over
+    the timed rounds: memory that the allocator handed back to the system between calls
+    and that the next call faults in again, page by page, which shows in its time.
+    """
     names = list(steps)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    faulted = dict.fromkeys(names, 0)
     for r in range(plan.rounds):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
+            before = minor_faults()
             samples[name].append(time_sample(steps[name], plan.inner))
+            faulted[name] += minor_faults() - before
+    if faults is not None:
+        faults.update({name: count / max(1, plan.rounds * plan.inner) for name, count in faulted.items()})
     return samples
 
 

@@ -297,7 +297,8 @@ def bench_shape(shape: Shape, mode: str, budget: hx.Budget) -> dict[str, object]
         diffs = check_agreement(models, inputs, mode)
         steps = make_steps(models, inputs, mode)
         plan = hx.plan_from_warmup(hx.warm_up(steps), budget)
-        samples = hx.round_robin(steps, plan)
+        faults: dict[str, float] = {}
+        samples = hx.round_robin(steps, plan, faults)
     ratios = {f"{n}/{d}": asdict(hx.pair_ratio(samples[n], samples[d])) for n, d in SPEED_RATIOS}
     return {
         "shape": asdict(shape),
@@ -306,6 +307,7 @@ def bench_shape(shape: Shape, mode: str, budget: hx.Budget) -> dict[str, object]
         "calls_per_sample": plan.inner,
         "median_ms": {impl: hx.median_ms(s) for impl, s in samples.items()},
         "samples_ms": {impl: [1e3 * t for t in s] for impl, s in samples.items()},
+        "minor_faults_per_call": faults,
         "ratios": ratios,
         "diff_vs_torch_default": diffs,
     }
@@ -335,7 +337,15 @@ def speed_table(mode: str, results: list[dict]) -> str:
     )
     if mode == "train":
         check += f", grads {worst_difference(results, 'grad'):.2e} (relative to max |grad|)"
-    return "\n".join([title, hx.format_table(headers, rows), check])
+    fault_rows = [
+        [result["label"], *(f"{result['minor_faults_per_call'][impl]:.0f}" for impl in IMPLS)] for result in results
+    ]
+    faults = (
+        "minor page faults per call during the timed rounds (memory the allocator returned to the system "
+        "and the next call maps in again, a page at a time; it shows in that implementation's time):\n"
+        + hx.format_table(["shape", *IMPLS], fault_rows)
+    )
+    return "\n".join([title, hx.format_table(headers, rows), check, faults])
 
 
 def run_speed(config: Config, mode: str) -> list[dict]:
