@@ -282,7 +282,7 @@ def section_f(device: torch.device, quick: bool, model_dir: str | None) -> None:
 
         return call
 
-    def hw_encode(m: hm.BertEncoder, size: int) -> Callable[[], object]:
+    def hw_encode(m: hm.SentenceEncoder, size: int) -> Callable[[], object]:
         def call() -> object:
             with torch.inference_mode():
                 return m.encode(speed_texts, batch_size=size)

@@ -1,20 +1,21 @@
-"""The measurements behind two tuning constants of headwise, side by side on this machine.
+"""The measurements behind the tuning budgets of the ``"weights"`` attention backend, side by side.
 
-* ``rows``: ``headwise.Attention`` with its q/k/v projected by one product over the packed
-  rows against three products (``headwise.modules.attention.PACKED_MIN_ROWS`` set out of
-  reach), in token-by-token decoding through 4 layers (E=512, H=8) at B = 1, 2, 4, 8, 16, and
-  in forwards through 6 MiniLM-sized layers (E=384, D=32) of 12 and of 4 heads (pruned) at
-  (B, L) = (1, 16), (1, 46), (32, 56).  Backs ``PACKED_MIN_ROWS``.
-* ``weights``: the forward of ``attention_weights(q, k, average_heads=True)`` (head-averaged
-  weights, built one head at a time per block of query rows) for
-  ``headwise.functional._weights.HEAD_BLOCK_ELEMENTS`` of 2**20, 2**21 and 2**22, at
-  (B, H, L) = (4, 8, 512), (1, 8, 2048), (1, 12, 4096), D = 64.  Backs ``HEAD_BLOCK_ELEMENTS``.
+Each section times :class:`headwise.functional._backends.weights.WeightsBackend` instances
+that differ in one budget (the backend's constructor arguments), on the same inputs:
 
-Round-robin in one process, 2 threads, median over rounds; ratios per round.
+* ``heads``: ``head_block_elements`` (one head's scores per block of query rows, in the
+  one-pass inference output + averaged weights) of 2**20, 2**21 and 2**22, at
+  (B, H, L) = (4, 8, 512), (1, 8, 2048), (1, 12, 4096), D = 64.
+* ``small``: ``small_maps`` (training with averaged weights: up to this many map elements
+  one math pass, beyond it the fused output + block-wise recomputed weights): both paths,
+  forward + backward, at B*H*L*S from 0.5 M to 8 M elements.
+
+Round-robin in one process, 2 threads, median over rounds; ratios per round.  The chosen
+defaults and the figures that chose them are in docs/design.md.
 
 Usage::
 
-    .venv/bin/python benchmarks/tuning.py [rows|weights] [--rounds N]
+    .venv/bin/python benchmarks/tuning.py [heads|small] [--rounds N]
 """
 
 from __future__ import annotations
@@ -26,11 +27,9 @@ from collections.abc import Callable
 
 import torch
 
-import headwise.functional._weights as weights_module
-import headwise.modules.attention as attention_module
-from headwise import Attention
 from headwise.bench import harness as hx
-from headwise.functional import attention_weights
+from headwise.functional._backends.weights import WeightsBackend
+from headwise.functional._request import build_request
 
 THREADS = 2
 
@@ -53,103 +52,62 @@ def round_robin(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str,
     return samples
 
 
-def decode(layers: list[Attention], x: torch.Tensor) -> None:
-    """Shape: x (B, N, E); every layer's cache, one token at a time."""
-    caches = [layer.new_cache(x.shape[0], x.shape[1]) for layer in layers]
-    for t in range(x.shape[1]):
-        h = x[:, t : t + 1]  # (B, 1, E)
-        for layer, cache in zip(layers, caches, strict=True):
-            h, _ = layer(h, is_causal=True, cache=cache)
+def averaged(backend: WeightsBackend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Callable[[], object]:
+    """One call of the backend with averaged weights (forward + backward when the inputs require grad)."""
+
+    def run() -> object:
+        request = build_request(
+            q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, need_weights=True,
+            average_weights=True,
+        )
+        out, weights = backend.run(request)
+        if q.requires_grad:
+            (out.sum() + weights.sum()).backward()
+        return out
+
+    return run
 
 
-def apart(run: Callable[[], object]) -> Callable[[], object]:
-    """``run`` with q, k and v always projected by three products."""
-
-    def wrapped() -> object:
-        saved = attention_module.PACKED_MIN_ROWS
-        attention_module.PACKED_MIN_ROWS = sys.maxsize
-        try:
-            return run()
-        finally:
-            attention_module.PACKED_MIN_ROWS = saved
-
-    return wrapped
-
-
-def packed(run: Callable[[], object]) -> Callable[[], object]:
-    """``run`` with q, k and v projected by one product over the packed rows whenever it can."""
-
-    def wrapped() -> object:
-        saved = attention_module.PACKED_MIN_ROWS
-        attention_module.PACKED_MIN_ROWS = 0
-        try:
-            return run()
-        finally:
-            attention_module.PACKED_MIN_ROWS = saved
-
-    return wrapped
-
-
-def rows_section(rounds: int) -> None:
-    torch.manual_seed(0)
-    decoders = [Attention(512, 8).eval() for _ in range(4)]
-    cases: list[tuple[str, Callable[[], object]]] = []
-    for batch in (1, 2, 4, 8, 16):
-        x = torch.randn(batch, 64, 512)
-        cases.append((f"decode E=512 H=8, B={batch}, 4 layers, 64 tokens", lambda x=x: decode(decoders, x)))
-    for heads in (12, 4):  # MiniLM's layers, and one pruned to 4 heads
-        layers = [Attention(384, heads, head_dim=32).eval() for _ in range(6)]
-        for batch, length in ((1, 16), (1, 46), (32, 56)):
-            x = torch.randn(batch, length, 384)
-            cases.append((
-                f"forward E=384 H={heads} D=32, ({batch}, {length}), 6 layers",
-                lambda x=x, layers=layers: [layer(x) for layer in layers],
-            ))
-    table = []
-    with torch.inference_mode():
-        for name, run in cases:
-            samples = round_robin({"packed": packed(run), "apart": apart(run)}, rounds)
-            ratio = hx.pair_ratio(samples["apart"], samples["packed"])
-            table.append([name, f"{hx.median_ms(samples['packed']):.2f}", f"{hx.median_ms(samples['apart']):.2f}",
-                          ratio.fmt()])
-    print(hx.format_table(["case", "packed ms", "apart ms", "apart/packed med (min)"], table))
-    print("apart/packed > 1: one product over the packed rows is faster")
-
-
-def weights_section(rounds: int) -> None:
+def heads_section(rounds: int) -> None:
     budgets = (1 << 20, 1 << 21, 1 << 22)
     table = []
     with torch.no_grad():
         for batch, heads, length in ((4, 8, 512), (1, 8, 2048), (1, 12, 4096)):
-            q, k = torch.randn(batch, heads, length, 64), torch.randn(batch, heads, length, 64)
-
-            def with_budget(budget: int, q=q, k=k) -> Callable[[], object]:
-                def run() -> object:
-                    saved = weights_module.HEAD_BLOCK_ELEMENTS
-                    weights_module.HEAD_BLOCK_ELEMENTS = budget
-                    try:
-                        return attention_weights(q, k, average_heads=True)
-                    finally:
-                        weights_module.HEAD_BLOCK_ELEMENTS = saved
-
-                return run
-
-            samples = round_robin({f"2**{b.bit_length() - 1}": with_budget(b) for b in budgets}, rounds)
+            q, k, v = (torch.randn(batch, heads, length, 64) for _ in range(3))
+            runs = {f"2**{b.bit_length() - 1}": averaged(WeightsBackend(head_block_elements=b), q, k, v) for b in budgets}
+            samples = round_robin(runs, rounds)
             table.append([f"({batch}, {heads}, {length})", *(f"{hx.median_ms(s):.1f}" for s in samples.values())])
+    print("head_block_elements: inference, output + head-averaged weights in one pass")
     print(hx.format_table(["(B, H, L)", *(f"2**{b.bit_length() - 1} ms" for b in budgets)], table))
+
+
+def small_section(rounds: int) -> None:
+    one_pass, lean = WeightsBackend(small_maps=1 << 40), WeightsBackend(small_maps=0)
+    table = []
+    for batch, heads, length in ((8, 8, 256), (4, 8, 512), (2, 8, 1024)):
+        q, k, v = (torch.randn(batch, heads, length, 64, requires_grad=True) for _ in range(3))
+        samples = round_robin({"one pass": averaged(one_pass, q, k, v), "lean": averaged(lean, q, k, v)}, rounds)
+        ratio = hx.pair_ratio(samples["lean"], samples["one pass"])
+        elements = batch * heads * length * length
+        table.append([
+            f"({batch}, {heads}, {length})", f"{elements / 2**20:.1f} M", f"{hx.median_ms(samples['one pass']):.1f}",
+            f"{hx.median_ms(samples['lean']):.1f}", ratio.fmt(),
+        ])
+    print("small_maps: training step with averaged weights; lean/one pass > 1 means one pass is faster")
+    print(hx.format_table(["(B, H, L=S)", "B*H*L*S", "one pass ms", "lean ms", "lean/one pass med (min)"], table))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", nargs="?", choices=("rows", "weights"), default=None)
+    parser.add_argument("section", nargs="?", choices=("heads", "small"), default=None)
     parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     print(f"torch {torch.__version__}, {THREADS} threads; {hx.load_line('start')}")
-    if args.section in (None, "rows"):
-        rows_section(args.rounds)
-    if args.section in (None, "weights"):
-        weights_section(args.rounds)
+    if args.section in (None, "heads"):
+        heads_section(args.rounds)
+    if args.section in (None, "small"):
+        small_section(args.rounds)
     print(hx.load_line("end"))
     return 0
 

@@ -49,7 +49,7 @@ def lee_documents() -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
 
 
-def run(model: hm.BertEncoder, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def run(model: hm.SentenceEncoder, features: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Shape: -> hidden (B, L, E), embeddings (B, E)."""
     with torch.inference_mode():
         hidden, _ = model(**features)
@@ -76,7 +76,7 @@ def main() -> None:
         compare(model, docs, args.docs)
 
 
-def compare(model: hm.BertEncoder, docs: list[str], count: int) -> None:
+def compare(model: hm.SentenceEncoder, docs: list[str], count: int) -> None:
     lengths = [len(model.tokenize(d)["input_ids"][0]) for d in docs]
     order = sorted(range(len(docs)), key=lambda i: -lengths[i])[:count]
     texts = [docs[i] for i in order]
@@ -107,7 +107,7 @@ def compare(model: hm.BertEncoder, docs: list[str], count: int) -> None:
     print()
 
 
-def print_head_statistics(model: hm.BertEncoder, text: str) -> None:
+def print_head_statistics(model: hm.SentenceEncoder, text: str) -> None:
     """Streaming statistics of the last layer's heads on one document, full vs window 32."""
     layer = model.attention_layers[-1]
     captured = {}

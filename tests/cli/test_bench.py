@@ -8,7 +8,6 @@ import re
 import sys
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from headwise.bench import SUITES, missing_reference
@@ -234,8 +233,12 @@ def test_round_robin_counts_the_page_faults_of_each_step():
     from headwise.bench import harness as hx
 
     def fresh_memory() -> None:
-        # 64 MiB: above glibc's largest mmap threshold, so each call maps new pages and touches them
-        torch.ones(1 << 24)
+        # 64 MiB mapped, touched and unmapped on each call (mmap itself: the allocator's state,
+        # which other tests change, decides whether torch's tensors would map new pages)
+        import mmap
+
+        with mmap.mmap(-1, 64 << 20) as pages:
+            pages.write(b"x" * (64 << 20))
 
     faults: dict[str, float] = {}
     samples = hx.round_robin({"fresh": fresh_memory, "nothing": lambda: None}, hx.Plan(rounds=3, inner=2), faults)

@@ -20,7 +20,7 @@ def test_inspect_default_model_json():
     info = json.loads(result.output)
     assert info["layers"] == 6 and info["heads_per_layer"] == [12] * 6 and info["head_dim"] == 32
     assert info["parameters"] == sum(p.numel() for p in headwise.models.load().parameters())
-    assert info["backend"] == "sdpa" and info["backend_with_weights"] == "math"
+    assert info["backend"] == "sdpa" and info["backend_with_weights"] == "weights"
 
 
 def test_inspect_table_and_a_pruned_folder(tmp_path):

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headwise.functional import attention, attention_weights, causal_mask
-from tests.helpers import oracle_error_factor, qkv
+from headwise.functional import attention, causal_mask
+from headwise.functional._backends.weights import WeightsBackend
+from headwise.functional._request import build_request
+from tests.helpers import assert_close_to_oracle, oracle_error_factor, qkv
 
 BACKENDS = ["sdpa", "math"]
 
@@ -40,33 +42,37 @@ def test_matches_sdpa(backend, kv_heads, mask_kind):
     elif mask_kind == "causal":
         is_causal = True
     out, weights = attention(q, k, v, attn_mask=mask, is_causal=is_causal, backend=backend)
-    ref = _torch_sdpa(q, k, v, mask, is_causal)
-    torch.testing.assert_close(out, ref, atol=2e-6, rtol=1e-5)
     assert weights is None
     oracle_error_factor(out, q, k, v, attn_mask=mask, is_causal=is_causal)
+    # torch's kernel on the same inputs stands as close to the float64 oracle
+    oracle_error_factor(_torch_sdpa(q, k, v, mask, is_causal), q, k, v, attn_mask=mask, is_causal=is_causal)
 
 
-def test_scale_and_value_head_dim():
-    q, k, _ = qkv(lq=3, s=5, d=8)
-    v = torch.randn(2, 4, 5, 3)  # Dv differs from D
-    out, _ = attention(q, k, v, scale=0.5)
-    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.5))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scale_and_value_head_dim(backend):
+    q, k, _ = qkv(lq=3, s=5, d=8, dtype=torch.float64)
+    v = torch.randn(2, 4, 5, 3, dtype=torch.float64)  # Dv differs from D
+    out, _ = attention(q, k, v, scale=0.5, backend=backend)
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.5), atol=1e-12, rtol=0)
     assert out.shape == (2, 4, 3, 3)
 
 
 def test_default_scale_is_inverse_sqrt_head_dim():
-    q, k, v = qkv(d=16)
+    q, k, v = qkv(d=16, dtype=torch.float64)
     a, _ = attention(q, k, v)
     b, _ = attention(q, k, v, scale=1 / math.sqrt(16))
-    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, b, atol=1e-14, rtol=0)
 
 
-def test_math_returns_weights_that_produce_the_output():
-    q, k, v = qkv(k=2)
-    out, weights = attention(q, k, v, need_weights=True)
+@pytest.mark.parametrize("backend", ["weights", "math"])
+def test_weights_produce_the_output(backend):
+    q, k, v = qkv(k=2, dtype=torch.float64)
+    out, weights = attention(q, k, v, need_weights=True, backend=backend)
     assert weights.shape == (2, 4, 5, 7)
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5))
-    torch.testing.assert_close(out, weights @ v.repeat_interleave(2, dim=1))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 5, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(out, weights @ v.repeat_interleave(2, dim=1), atol=1e-12, rtol=0)
+    _, mean = attention(q, k, v, need_weights=True, average_weights=True, backend=backend)
+    torch.testing.assert_close(mean, weights.mean(1), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -101,25 +107,25 @@ def test_fully_masked_rows_have_zero_weights():
     _, w = attention(q, k, v, attn_mask=mask, need_weights=True)
     assert (w[:, :, 2] == 0).all()
     torch.testing.assert_close(w[:, :, [0, 1, 3]].sum(-1), torch.ones(2, 4, 3))
-    avg = attention_weights(q, k, attn_mask=mask, average_heads=True)
+    _, avg = attention(q, k, v, attn_mask=mask, need_weights=True, average_weights=True)
     assert (avg[:, 2] == 0).all() and not avg.isnan().any()
 
 
 def test_causal_is_bottom_right_aligned_for_decoding():
-    q, k, v = qkv(lq=6, s=6)
+    q, k, v = qkv(lq=6, s=6, dtype=torch.float64)
     full, _ = attention(q, k, v, is_causal=True)
     last, _ = attention(q[:, :, -2:], k, v, is_causal=True)  # two new queries, whole cache
-    torch.testing.assert_close(last, full[:, :, -2:])
+    torch.testing.assert_close(last, full[:, :, -2:], atol=1e-12, rtol=0)
     assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_causal_combines_with_a_mask(backend):
-    q, k, v = qkv(lq=5, s=5)
+    q, k, v = qkv(lq=5, s=5, dtype=torch.float64)
     pad = torch.tensor([True, True, True, True, False])
     out, _ = attention(q, k, v, attn_mask=pad, is_causal=True, backend=backend)
     ref = _torch_sdpa(q, k, v, mask=causal_mask(5, 5) & pad)
-    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
 
 
 def test_dropout_only_changes_training_output():
@@ -144,22 +150,28 @@ def test_gradcheck_math(mask_kind):
     assert torch.autograd.gradgradcheck(fn, (q, k, v))
 
 
-@pytest.mark.parametrize("kv_heads", [2, 1])
-def test_gradcheck_averaged_weights(kv_heads, monkeypatch):
-    from headwise.functional import _weights
+def _weights_backend(**budgets) -> WeightsBackend:
+    return WeightsBackend(**budgets)
 
-    monkeypatch.setattr(_weights, "BLOCK_ELEMENTS", 2 * 2 * 5)  # several blocks of rows (backward)
-    monkeypatch.setattr(_weights, "HEAD_BLOCK_ELEMENTS", 2 * 5 * 2)  # two rows a block (forward)
-    q, k, _ = qkv(b=2, h=2, k=kv_heads, lq=4, s=5, d=3, dtype=torch.float64, requires_grad=True)
+
+@pytest.mark.parametrize("kv_heads", [2, 1])
+def test_gradcheck_averaged_weights(kv_heads):
+    # several blocks of rows in backward (2 rows of all heads), two rows a block in forward
+    backend = _weights_backend(small_maps=0, block_elements=2 * 2 * 5 * 2, head_block_elements=2 * 5 * 2)
+    q, k, v = qkv(b=2, h=2, k=kv_heads, lq=4, s=5, d=3, dtype=torch.float64, requires_grad=True)
     mask = torch.rand(2, 1, 4, 5) > 0.3
     mask[0, 0, 1] = False  # an empty row
 
     def fn(q, k):
-        return attention_weights(q, k, attn_mask=mask, average_heads=True)
+        request = build_request(
+            q, k, v.detach(), attn_mask=mask, is_causal=False, scale=None, dropout_p=0.0, need_weights=True,
+            average_weights=True,
+        )
+        return backend.run(request)[1]
 
     assert torch.autograd.gradcheck(fn, (q, k))
-    full = attention_weights(q, k, attn_mask=mask).mean(1)
-    torch.testing.assert_close(fn(q, k), full)
+    _, full = attention(q, k, v, attn_mask=mask, need_weights=True, backend="math")
+    torch.testing.assert_close(fn(q, k), full.mean(1), atol=1e-12, rtol=0)
 
 
 def test_sdpa_gradients_match_oracle():
@@ -251,26 +263,44 @@ def test_property_permuting_keys_with_values(shape, backend, seed):
 
 @pytest.mark.parametrize(("grad", "small_maps"), [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_attention_mean_weights_both_paths(grad, small_maps, kv_heads, monkeypatch):
-    import headwise.functional
-    from headwise.functional import _weights, attention_mean_weights
-
-    monkeypatch.setattr(_weights, "BLOCK_ELEMENTS", 2 * 4 * 7 * 2)  # several row blocks (backward)
-    monkeypatch.setattr(_weights, "HEAD_BLOCK_ELEMENTS", 2 * 7 * 2)  # two rows a block (forward)
-    if not small_maps:  # training on large maps: fused output + block-wise recomputed weights
-        monkeypatch.setattr(headwise.functional, "SMALL_WEIGHT_MAPS", 0)
-    q, k, v = qkv(h=4, k=kv_heads, lq=5, s=7, requires_grad=grad)
+@pytest.mark.parametrize("average", [True, False])
+def test_weights_backend_paths_equal_math(grad, small_maps, kv_heads, average):
+    # training on large maps: fused output + block-wise recomputed weights; small: one math pass;
+    # inference: the block-wise one-pass output and averaged weights
+    backend = _weights_backend(
+        small_maps=2**21 if small_maps else 0, block_elements=2 * 4 * 7 * 2, head_block_elements=2 * 7 * 2
+    )
+    q, k, v = qkv(h=4, k=kv_heads, lq=5, s=7, dtype=torch.float64, requires_grad=grad)
     mask = torch.rand(2, 1, 5, 7) > 0.4
     mask[1, 0, 2] = False  # an empty row
-    out, w = attention_mean_weights(q, k, v, attn_mask=mask)
+    request = build_request(
+        q, k, v, attn_mask=mask, is_causal=False, scale=None, dropout_p=0.0, need_weights=True,
+        average_weights=average,
+    )
+    out, w = backend.run(request)
     ref_out, ref_w = attention(q, k, v, attn_mask=mask, need_weights=True, backend="math")
-    torch.testing.assert_close(out, ref_out)
-    torch.testing.assert_close(w, ref_w.mean(1))
-    assert (w[1, 2] == 0).all() and (out[1, :, 2] == 0).all()
+    ref_w = ref_w.mean(1) if average else ref_w
+    torch.testing.assert_close(out, ref_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(w, ref_w, atol=1e-12, rtol=0)
+    assert (w[1, ..., 2, :] == 0).all() and (out[1, :, 2] == 0).all()
     assert w.requires_grad == grad
     if grad:
         probe_out, probe_w = torch.randn_like(out), torch.randn_like(w)
         got = torch.autograd.grad((out * probe_out).sum() + (w * probe_w).sum(), (q, k, v))
-        ref = torch.autograd.grad((ref_out * probe_out).sum() + (ref_w.mean(1) * probe_w).sum(), (q, k, v))
+        ref = torch.autograd.grad((ref_out * probe_out).sum() + (ref_w * probe_w).sum(), (q, k, v))
         for a, b in zip(got, ref, strict=True):
-            torch.testing.assert_close(a, b)
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_weights_backend_float32_against_the_oracle(average):
+    """The lean paths in float32 stand as close to the float64 oracle as the math path in float32."""
+    backend = _weights_backend(small_maps=0, block_elements=4 * 4 * 33 * 3, head_block_elements=4 * 33 * 5)
+    q, k, v = qkv(b=4, h=4, k=2, lq=31, s=33, d=16, requires_grad=True)
+    mask = torch.rand(4, 1, 31, 33) > 0.3
+    kwargs = dict(attn_mask=mask, is_causal=False, scale=None, dropout_p=0.0, need_weights=True, average_weights=average)
+    out, w = backend.run(build_request(q, k, v, **kwargs))
+    math32 = attention(q, k, v, **kwargs, backend="math")
+    math64 = attention(q.double(), k.double(), v.double(), **kwargs, backend="math")
+    for got, low, ref in ((out, math32[0], math64[0]), (w, math32[1], math64[1])):
+        assert_close_to_oracle(got, ref, low)

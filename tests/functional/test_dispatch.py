@@ -15,14 +15,20 @@ from headwise.functional import _dispatch, attention, explain
 from tests.helpers import qkv
 
 
-def test_auto_picks_sdpa_without_weights_and_math_with_them():
+def test_auto_picks_sdpa_without_weights_weights_with_them_and_math_for_the_rest():
     q, k, v = qkv()
     assert explain(q, k, v).backend == "sdpa"
+    assert "no weights are asked for" in explain(q, k, v).reasons["weights"]
     why = explain(q, k, v, need_weights=True)
-    assert why.backend == "math"
+    assert why.backend == "weights"
     assert "no attention weights" in why.reasons["sdpa"]
-    assert why.reasons["math"] is None
+    assert why.reasons["weights"] is None and why.reasons["math"] is None
     assert "sdpa:" in str(why) and "math: can run" in str(why)
+    dropout = explain(q, k, v, need_weights=True, dropout_p=0.1)
+    assert dropout.backend == "math" and "the ones the output used" in dropout.reasons["weights"]
+    trainable = torch.zeros(5, 7, requires_grad=True)
+    masked = explain(q, k, v, attn_mask=trainable, need_weights=True)
+    assert masked.backend == "math" and "requires grad" in masked.reasons["weights"]
 
 
 def test_named_backend_that_cannot_run_raises_with_reason():
@@ -51,15 +57,15 @@ def test_auto_walks_priority_and_logs_fallback_once(monkeypatch, caplog):
             raise AssertionError("must not run")
 
     monkeypatch.setitem(_dispatch._LOADED, "sdpa", Refuses())
-    monkeypatch.setattr(_dispatch, "_LOGGED_FALLBACKS", set())
+    monkeypatch.setattr(_dispatch, "_CHOSEN", {})
     q, k, v = qkv()
     with caplog.at_level(logging.DEBUG, logger="headwise.functional"):
         attention(q, k, v)
-        attention(q, k, v)
-    assert calls == ["check", "check"]
+        attention(q, k, v)  # the same signature: the choice is remembered, not checked again
+    assert calls == ["check"]
     logged = [r for r in caplog.records if "mocked: cannot run" in r.getMessage()]
     assert len(logged) == 1
-    assert explain(q, k, v).backend == "math"
+    assert explain(q, k, v).backend == "math"  # "weights" refuses calls without weights
 
 
 def test_import_does_not_initialise_cuda():
@@ -171,8 +177,18 @@ def test_error_dropout_range():
 
 def test_error_scale():
     q, k, v = qkv()
-    with pytest.raises(ValueError, match=r"scale must be positive, got -1.0; leave it None for 1/sqrt\(head_dim\)=0.353553"):
+    with pytest.raises(
+        ValueError, match=r"scale must be a positive finite number, got -1.0; leave it None for 1/sqrt\(head_dim\)=0.353553"
+    ):
         attention(q, k, v, scale=-1.0)
+    with pytest.raises(ValueError, match="scale must be a positive finite number, got nan"):
+        attention(q, k, v, scale=float("nan"))
+
+
+def test_error_average_without_weights():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="average_weights=True averages the returned weights; it needs need_weights=True"):
+        attention(q, k, v, average_weights=True)
 
 
 def test_error_is_causal_type():
@@ -182,33 +198,35 @@ def test_error_is_causal_type():
 
 
 @pytest.mark.parametrize(
-    ("shape", "is_causal", "plain"),
+    ("shape", "is_causal"),
     [
-        (dict(lq=7, s=7), False, True),
-        (dict(lq=7, s=7), True, True),
-        (dict(lq=1, s=9), True, True),  # a decoding step: one query sees every key
-        (dict(h=4, k=2, lq=6, s=6), True, True),  # grouped-query heads
-        (dict(lq=3, s=9), True, False),  # bottom-right causal with 1 < L < S needs the mask
+        (dict(lq=7, s=7), False),
+        (dict(lq=7, s=7), True),
+        (dict(lq=1, s=9), True),  # a decoding step: one query sees every key
+        (dict(h=4, k=2, lq=6, s=6), True),  # grouped-query heads
+        (dict(lq=3, s=9), True),  # bottom-right causal with 1 < L < S needs the mask
     ],
 )
-def test_plain_calls_skip_the_request_and_equal_the_oracle(shape, is_causal, plain, monkeypatch):
-    import headwise.functional as hf
-
-    built = []
-    real = hf.build_request
-    monkeypatch.setattr(hf, "build_request", lambda *a, **kw: built.append(1) or real(*a, **kw))
+def test_auto_choice_depends_on_the_signature_only(shape, is_causal, monkeypatch):
+    """Each static signature is checked once; every call of it runs the backend chosen then."""
+    checks = []
+    for name in _dispatch.PRIORITY:
+        backend = _dispatch.get_backend(name)
+        monkeypatch.setattr(backend, "check", lambda r, _c=backend.check, _n=name: checks.append(_n) or _c(r), raising=False)
+    monkeypatch.setattr(_dispatch, "_CHOSEN", {})
     q, k, v = qkv(dtype=torch.float64, **shape)
-    out, weights = attention(q, k, v, is_causal=is_causal)
-    assert weights is None and built == ([] if plain else [1])
+    for _ in range(3):
+        out, weights = attention(q, k, v, is_causal=is_causal)
+    assert weights is None and checks == ["sdpa"]
     expected, _ = attention(q, k, v, is_causal=is_causal, backend="math")
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=0)
-    # any option off the plain call goes through the request and the selection
-    built.clear()
-    attention(q, k, v, is_causal=is_causal, scale=0.5)
-    assert built == [1]
+    checks.clear()
+    attention(q.float(), k.float(), v.float(), is_causal=is_causal)  # another dtype: another signature
+    attention(q.float(), k.float(), v.float(), is_causal=is_causal)
+    assert checks == ["sdpa"]
 
 
-def test_plain_calls_validate_their_inputs():
+def test_calls_validate_their_inputs():
     q, k, v = qkv()
     with pytest.raises(ShapeError):
         attention(q, k[:, :, :3], v)  # S of key and value differ

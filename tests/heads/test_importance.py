@@ -115,7 +115,7 @@ def test_long_texts_are_truncated_and_said_so(minilm, caplog):
     long_text = " ".join(doc_sentences()[:40])
     with caplog.at_level(logging.WARNING, logger="headwise.heads"):
         fisher_importance(minilm, [long_text, TEXTS[0]], probes=1)
-    assert "1 of 2 texts are longer than max_seq_length=256 tokens and were truncated" in caplog.text
+    assert "1 of 2 texts are longer than the model's 256 tokens and were truncated" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_long_texts_are_truncated_and_said_so(minilm, caplog):
         (
             lambda m: gradient_importance(m, ["a"], torch.zeros(1), loss_fn=lambda e, y: e.sum(dim=1)),
             ValueError,
-            r"loss_fn must return a scalar tensor",
+            r"the loss must be a scalar tensor",
         ),
     ],
 )
@@ -146,19 +146,26 @@ def test_bad_input(minilm, call, error, match):
 
 
 def test_models_that_cannot_be_scored():
-    with pytest.raises(TypeError, match=r"cannot embed texts \(no tokenize or pool\)"):
+    with pytest.raises(TypeError, match=r"Attention is not a model headwise.heads can score on texts: it has no "
+                       r"attention_layers, tokenize, outputs, output_kind, causal"):
         fisher_importance(headwise.Attention(8, 2), ["a"])
 
     class Holder(torch.nn.Module):
+        output_kind, causal = "vectors", False
+
         def __init__(self):
             super().__init__()
             self.attn = headwise.MultiheadAttention(8, 2)
 
+        @property
+        def attention_layers(self):
+            return [self.attn]
+
         def tokenize(self, texts):
             return {}
 
-        def pool(self, hidden, mask):
-            return hidden
+        def outputs(self, features):
+            return torch.zeros(1)
 
     with pytest.raises(TypeError, match=r"scoring needs headwise.Attention layers.*'attn', a MultiheadAttention"):
         fisher_importance(Holder(), ["a"])

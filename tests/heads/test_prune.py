@@ -127,7 +127,11 @@ def minilm():
 MINILM_DROP = {0: [0, 5, 11], 1: [3], 2: list(range(1, 12)), 4: [2, 7, 8, 9], 5: [6]}
 
 
-def test_pruning_equals_masking_on_minilm(minilm):
+def test_pruning_equals_masking_on_minilm():
+    """An identity on the real weights, so in float64 (float32 rounding differs between processors)."""
+    import headwise.models as hm
+
+    minilm = hm.load(dtype=torch.float64)
     batch = minilm.tokenize(doc_sentences()[:6])
     masked = copy.deepcopy(minilm)
     with torch.no_grad():
@@ -141,7 +145,7 @@ def test_pruning_equals_masking_on_minilm(minilm):
         expected, _ = masked(**batch)
         out, maps = pruned(**batch, output_attentions=True)
     assert [m.shape[1] for m in maps] == list(pruned.num_heads)
-    torch.testing.assert_close(out, expected, rtol=0, atol=2e-5)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
 
 
 def test_pruned_minilm_saves_and_loads(minilm, tmp_path):
@@ -156,7 +160,7 @@ def test_pruned_minilm_saves_and_loads(minilm, tmp_path):
     loaded = hm.load(tmp_path / "pruned")
     assert loaded.num_heads == pruned.num_heads
     texts = doc_sentences()[:4]
-    torch.testing.assert_close(loaded.encode(texts), pruned.encode(texts), rtol=0, atol=1e-6)
+    assert torch.equal(loaded.encode(texts), pruned.encode(texts))  # the same weights, the same kernels
     for (name, a), b in zip(pruned.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
@@ -173,9 +177,13 @@ def _snapshot(model):
         ({0: [-1]}, ValueError, r"head index -1 but the layer has 12 heads"),
         ({0: [1], 3: [4, 2, 4]}, ValueError, r"heads\[3\] lists head 4 more than once"),
         ({0: [1], 2: list(range(12))}, ValueError, r"removes all 12 heads of the layer; a layer keeps at least one"),
-        ({"encoder.blocks.9.attention": [0]}, ValueError, r"no submodule named 'encoder.blocks.9.attention'.*Did you mean"),
-        ({"encoder.blocks.0.feed_forward": [0]}, TypeError, r"is a FeedForward, not an attention layer"),
-        ({0: [1], "encoder.blocks.0.attention": [2]}, ValueError, r"are the same attention layer"),
+        (
+            {"network.encoder.blocks.9.attention": [0]},
+            ValueError,
+            r"no submodule named 'network.encoder.blocks.9.attention'.*Did you mean",
+        ),
+        ({"network.encoder.blocks.0.feed_forward": [0]}, TypeError, r"is a FeedForward, not an attention layer"),
+        ({0: [1], "network.encoder.blocks.0.attention": [2]}, ValueError, r"are the same attention layer"),
         ({0: [1.0]}, TypeError, r"must hold ints, got 1.0"),
         ({0: "12"}, TypeError, r"must be a sequence of head indices"),
         ({1.5: [0]}, TypeError, r"layer keys must be int indices or module names"),

@@ -106,8 +106,8 @@ def test_bad_input_raises_and_changes_nothing(minilm, pruned):
         distill_(student, student, CALIBRATION, config)
 
     narrow = copy.deepcopy(minilm)
-    narrow.config = copy.copy(minilm.config)
-    object.__setattr__(narrow.config, "hidden_size", 256)
+    narrow.network.config = copy.copy(minilm.config)
+    object.__setattr__(narrow.network.config, "hidden_size", 256)
     with pytest.raises(ValueError, match=r"the teacher has hidden_size=256 but the student 384"):
         distill_(student, narrow, CALIBRATION, config)
 

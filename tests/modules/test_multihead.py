@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import headwise
 from headwise import MultiheadAttention, replace_mha_
+from tests.helpers import assert_close_to_oracle
 
 E, H, B, L, S = 12, 3, 2, 5, 6
 
@@ -66,43 +68,63 @@ CONFIGS = [
 ]
 
 
+def _as_double(values):
+    """float64 copies of tensors (one copy per distinct tensor, so `query is key` survives)."""
+    copies = {}
+
+    def convert(t):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            return t
+        if id(t) not in copies:
+            copies[id(t)] = t.detach().double().requires_grad_(t.requires_grad)
+        return copies[id(t)]
+
+    if isinstance(values, dict):
+        return {k: convert(v) for k, v in values.items()}
+    return [convert(v) for v in values]
+
+
 def _compare(ref, ours, args, kwargs, need_weights):
-    ref_out, ref_w = ref(*args, need_weights=need_weights, **kwargs)
+    """Ours in float32 against torch's layer in float64 (the oracle), as close as torch's in float32.
+
+    Outputs, weights and every gradient (through the output and, where returned, the weights).
+    """
+    ref64 = copy.deepcopy(ref).double()
+    args64, kwargs64 = _as_double(args), _as_double(kwargs)
     out, w = ours(*args, need_weights=need_weights, **kwargs)
-    torch.testing.assert_close(out, ref_out, atol=2e-6, rtol=1e-5)
+    ref_out, ref_w = ref(*args, need_weights=need_weights, **kwargs)
+    out64, w64 = ref64(*args64, need_weights=need_weights, **kwargs64)
+    assert_close_to_oracle(out, out64, ref_out)
     if need_weights:
-        torch.testing.assert_close(w, ref_w, atol=2e-6, rtol=1e-5)
+        assert_close_to_oracle(w, w64, ref_w)
     else:
         assert w is None and ref_w is None
-    # gradients through the output and, where returned, through the weights
     probe = torch.randn_like(out)
     wprobe = torch.randn_like(w) if need_weights else None
-    inputs = [t for t in args if t.requires_grad] + list(ours.parameters())
-    ref_inputs = [t for t in args if t.requires_grad] + list(ref.parameters())
 
     def loss(o, ww):
-        total = (o * probe).sum()
-        return total + (ww * wprobe).sum() if need_weights else total
+        total = (o * probe.to(o.dtype)).sum()
+        return total + (ww * wprobe.to(ww.dtype)).sum() if need_weights else total
 
-    g = torch.autograd.grad(loss(out, w), inputs, allow_unused=True)
-    rg = torch.autograd.grad(loss(ref_out, ref_w), ref_inputs, allow_unused=True)
-    for a, b in zip(g, rg, strict=True):
-        if b is None:
-            assert a is None or (a == 0).all()
+    def grads(model, inputs, o, ww):
+        leaves = list(dict.fromkeys(t for t in inputs if isinstance(t, Tensor) and t.requires_grad))
+        return torch.autograd.grad(loss(o, ww), leaves + list(model.parameters()), allow_unused=True)
+
+    got = grads(ours, args, out, w)
+    low = grads(ref, args, ref_out, ref_w)
+    high = grads(ref64, args64, out64, w64)
+    for g, lo, hi in zip(got, low, high, strict=True):
+        if hi is None:
+            assert g is None or (g == 0).all()
         else:
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+            assert_close_to_oracle(g, hi, lo)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
 @pytest.mark.parametrize("batch_first", [False, True])
 @pytest.mark.parametrize("masks", MASKS)
-@pytest.mark.parametrize("maps", ["small", "large"])
-def test_parity_matrix(config, batch_first, masks, maps, monkeypatch):
-    """Training: small maps take one math pass, large ones the fused kernel + recomputed weights."""
-    import headwise.functional
-
-    if maps == "large":
-        monkeypatch.setattr(headwise.functional, "SMALL_WEIGHT_MAPS", 0)
+def test_parity_matrix(config, batch_first, masks):
+    """Training mode, every option and mask against torch's layer (float64 oracle rule)."""
     ref, ours = _pair(batch_first=batch_first, **config)
     args = _inputs(batch_first, config.get("kdim"), config.get("vdim"))
     kpm, attn = _masks(masks)
@@ -133,9 +155,31 @@ def test_parity_inference(config, masks, context):
             kwargs = dict(key_padding_mask=kpm, attn_mask=attn, need_weights=need_weights, average_attn_weights=average)
             ref_out, ref_w = ref(q, k, v, **kwargs)
             out, w = ours(q, k, v, **kwargs)
-            torch.testing.assert_close(out, ref_out, atol=2e-6, rtol=1e-5)
+            out64, w64 = copy.deepcopy(ref).double()(*_as_double([q, k, v]), **_as_double(kwargs))
+            assert_close_to_oracle(out, out64, ref_out)
             if need_weights:
-                torch.testing.assert_close(w, ref_w, atol=2e-6, rtol=1e-5)
+                assert_close_to_oracle(w, w64, ref_w)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(add_bias_kv=True, add_zero_attn=True, kdim=7, vdim=7)])
+@pytest.mark.parametrize("masks", ["none", "kpm_bool+attn_bool", "kpm_float+attn_float"])
+def test_parity_large_maps_in_training(config, masks):
+    """Maps past the one-pass budget (B*H*L*S > 2**21): fused output + block-wise recomputed weights."""
+    length = 600
+    ref, ours = _pair(batch_first=True, **config)
+    kdim, vdim = config.get("kdim", E), config.get("vdim", E)
+    q = torch.randn(B, length, E, requires_grad=True)
+    k, v = torch.randn(B, length, kdim, requires_grad=True), torch.randn(B, length, vdim, requires_grad=True)
+    kpm = attn = None
+    if masks != "none":
+        kpm = torch.zeros(B, length, dtype=torch.bool)
+        kpm[1, -7:] = True
+        attn = torch.rand(length, length) > 0.5
+        if "float" in masks:
+            kpm = torch.zeros(B, length).masked_fill(kpm, float("-inf"))
+            attn = torch.randn(length, length)
+    for average in (True, False):
+        _compare(ref, ours, (q, k, v), dict(key_padding_mask=kpm, attn_mask=attn, average_attn_weights=average), True)
 
 
 @pytest.mark.parametrize("masks", ["none", "kpm_bool", "attn_bool", "attn_3d"])
@@ -170,26 +214,19 @@ def test_is_causal_hint(need_weights, kpm):
     pad = torch.zeros(B, L, dtype=torch.bool)
     pad[0, -1] = True
     kwargs = dict(attn_mask=causal, is_causal=True, key_padding_mask=pad if kpm else None)
-    a, wa = ref(x, x, x, need_weights=need_weights, **kwargs)
-    b, wb = ours(x, x, x, need_weights=need_weights, **kwargs)
-    torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)
-    if need_weights:
-        torch.testing.assert_close(wa, wb, atol=2e-6, rtol=1e-5)
+    _compare(ref, ours, (x, x, x), kwargs, need_weights)
 
 
 def test_is_causal_without_mask_applies_causal_mask():
-    ref, ours = _pair(batch_first=True)
-    x = torch.randn(B, L, E)
-    causal = nn.Transformer.generate_square_subsequent_mask(L)
-    expected, _ = ref(x, x, x, attn_mask=causal, need_weights=False)
-    got, _ = ours(x, x, x, is_causal=True, need_weights=False)
-    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
-    with_bias = MultiheadAttention(E, H, batch_first=True, add_bias_kv=True)
-    ref_b = nn.MultiheadAttention(E, H, batch_first=True, add_bias_kv=True)
-    ref_b.load_state_dict(with_bias.state_dict())
-    got, _ = with_bias(x, x, x, is_causal=True)
-    expected, _ = ref_b(x, x, x, attn_mask=causal)
-    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
+    x = torch.randn(B, L, E, dtype=torch.float64)
+    causal = nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
+    for config in (dict(), dict(add_bias_kv=True)):
+        ours = MultiheadAttention(E, H, batch_first=True, dtype=torch.float64, **config)
+        ref = nn.MultiheadAttention(E, H, batch_first=True, dtype=torch.float64, **config)
+        ref.load_state_dict(ours.state_dict())
+        got, _ = ours(x, x, x, is_causal=True, need_weights=False)
+        expected, _ = ref(x, x, x, attn_mask=causal, need_weights=False)
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
 
 
 def test_fully_masked_rows_give_zeros_not_nan():
@@ -206,13 +243,13 @@ def test_fully_masked_rows_give_zeros_not_nan():
 
 
 def test_dropout_weights_are_the_ones_used():
-    ours = MultiheadAttention(E, H, dropout=0.5, batch_first=True)
-    x = torch.randn(B, L, E)
+    ours = MultiheadAttention(E, H, dropout=0.5, batch_first=True, dtype=torch.float64)
+    x = torch.randn(B, L, E, dtype=torch.float64)
     out, w = ours(x, x, x, average_attn_weights=False)  # training mode: dropout active
     v = torch.nn.functional.linear(x, ours.in_proj_weight[2 * E :], ours.in_proj_bias[2 * E :])
     v = v.view(B, L, H, E // H).transpose(1, 2)  # (B, H, S, D)
     heads = (w @ v).transpose(1, 2).reshape(B, L, E)  # (B, L, E)
-    torch.testing.assert_close(out, ours.out_proj(heads))
+    torch.testing.assert_close(out, ours.out_proj(heads), atol=1e-12, rtol=0)
     assert (w == 0).any()  # some probabilities were dropped
     ours.eval()
     a, _ = ours(x, x, x)
@@ -251,16 +288,17 @@ def test_from_torch_copies_config_and_weights():
     ref = nn.MultiheadAttention(E, H, kdim=7, vdim=5, add_bias_kv=True, batch_first=True).eval()
     ours = MultiheadAttention.from_torch(ref)
     assert not ours.training and ours.batch_first and ours.kdim == 7
-    q, k, v = _inputs(True, 7, 5, grad=False)
-    torch.testing.assert_close(ours(q, k, v)[0], ref(q, k, v)[0])
+    q, k, v = (t.double() for t in _inputs(True, 7, 5, grad=False))
+    ref, ours = ref.double(), ours.double()
+    torch.testing.assert_close(ours(q, k, v)[0], ref(q, k, v)[0], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_replace_in_transformer_encoder(training):
-    layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=24, dropout=0.0, batch_first=True)
+    layer = nn.TransformerEncoderLayer(E, H, dim_feedforward=24, dropout=0.0, batch_first=True, dtype=torch.float64)
     model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
     model.train(training)
-    x = torch.randn(B, L, E)
+    x = torch.randn(B, L, E, dtype=torch.float64)
     pad = torch.zeros(B, L, dtype=torch.bool)
     pad[1, -2:] = True
     with torch.no_grad():
@@ -271,7 +309,7 @@ def test_replace_in_transformer_encoder(training):
     assert [id(p) for p in model.parameters()] == params
     with torch.no_grad():
         after = model(x, src_key_padding_mask=pad)
-    torch.testing.assert_close(after[~pad], before[~pad], atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(after[~pad], before[~pad], atol=1e-12, rtol=0)
     assert replace_mha_(model) == 0
 
 
@@ -281,14 +319,14 @@ def test_replace_rejects_non_module():
 
 
 def test_compile_matches_eager():
-    ours = MultiheadAttention(E, H, batch_first=True)
-    x = torch.randn(B, L, E)
+    ours = MultiheadAttention(E, H, batch_first=True, dtype=torch.float64)
+    x = torch.randn(B, L, E, dtype=torch.float64)
     pad = torch.zeros(B, L, dtype=torch.bool)
     pad[0, -1] = True
     eager = ours(x, x, x, key_padding_mask=pad)
     compiled = torch.compile(ours)(x, x, x, key_padding_mask=pad)
-    torch.testing.assert_close(compiled[0], eager[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(compiled[1], eager[1], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled[0], eager[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(compiled[1], eager[1], atol=1e-10, rtol=0)
 
 
 def test_float64_and_headwise_namespace():
@@ -308,12 +346,12 @@ def test_bias_of_another_dtype_is_accepted_like_torch():
 
 
 def test_3d_mask_equals_each_sample_with_its_2d_mask():
-    ours = MultiheadAttention(8, 4)
-    query, key = torch.rand(8, 2, 8), torch.rand(8, 3, 8)  # (N, T, E), (N, S, E)
+    ours = MultiheadAttention(8, 4, dtype=torch.float64)
+    query, key = torch.rand(8, 2, 8, dtype=torch.float64), torch.rand(8, 3, 8, dtype=torch.float64)  # (N, T, E), (N, S, E)
     allowed = torch.rand(8, 2, 3) > 0.5
     allowed[..., 0] = True
-    mask = torch.zeros(8, 2, 3).masked_fill(~allowed, float("-inf"))  # additive, torch polarity
+    mask = torch.zeros(8, 2, 3, dtype=torch.float64).masked_fill(~allowed, float("-inf"))  # additive, torch polarity
     batched, _ = ours(query.transpose(0, 1), key.transpose(0, 1), key.transpose(0, 1), attn_mask=mask.repeat_interleave(4, 0))
     for i in range(8):
         single, _ = ours(query[i, :, None], key[i, :, None], key[i, :, None], attn_mask=mask[i])  # (T, 1, E)
-        torch.testing.assert_close(batched[:, i : i + 1], single)
+        torch.testing.assert_close(batched[:, i : i + 1], single, atol=1e-12, rtol=0)

@@ -57,7 +57,7 @@ def _error(fn) -> str:
 
 def tensor_parallel(rank: int, world_size: int) -> dict:
     """Two ranks: Attention (GQA + rotary), decoding with a cache, the BERT encoder, and the errors."""
-    from headwise.models import BertConfig, BertEncoder
+    from headwise.models import BertConfig, BertModel
 
     mesh = init_device_mesh("cpu", (world_size,))
     results: dict = {}
@@ -86,7 +86,7 @@ def tensor_parallel(rank: int, world_size: int) -> dict:
         vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )
-    bert = BertEncoder(config).double()
+    bert = BertModel(config).double()
     ref_bert = copy.deepcopy(bert)
     results["bert_counts"] = shard_heads_(bert, mesh)
     ids = torch.randint(1, 60, (3, 9))

@@ -243,7 +243,7 @@ def test_pruning_a_quantized_minilm_is_refused_and_changes_nothing(config):
     modules = dict(model.named_modules())
     with pytest.raises(
         ValueError,
-        match=rf"layer 2 \('encoder.blocks.2.attention'\) cannot be pruned: {_QUANTIZED_PROJ[config.mode]}, "
+        match=rf"layer 2 \('network.encoder.blocks.2.attention'\) cannot be pruned: {_QUANTIZED_PROJ[config.mode]}, "
         r"not a float nn.Linear .* Prune before quantizing: prune_heads_ on the float model, then "
         r"headwise.quant.quantize_",
     ):

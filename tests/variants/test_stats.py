@@ -63,14 +63,14 @@ def test_chunks_never_hold_more_than_chunk_rows(monkeypatch):
     import headwise.variants.stats as stats_module
 
     shapes = []
-    real = stats_module.attention_weights
+    real = stats_module.attention
 
-    def spy(query, key, **kwargs):
-        out = real(query, key, **kwargs)
-        shapes.append(tuple(out.shape))
-        return out
+    def spy(query, key, value, **kwargs):
+        out, weights = real(query, key, value, **kwargs)
+        shapes.append(tuple(weights.shape))
+        return out, weights
 
-    monkeypatch.setattr(stats_module, "attention_weights", spy)
+    monkeypatch.setattr(stats_module, "attention", spy)
     q, k, v = qkv(b=1, h=2, lq=1000, s=1000, d=4)
     streaming_head_statistics(q, k, v, chunk_size=64)
     assert max(s[2] for s in shapes) == 64 and len(shapes) == 16

@@ -102,9 +102,9 @@ class _DenseMask(torch.nn.Module):
     def new_cache(self, *args, **kwargs):
         raise ValueError("no cache")
 
-    def forward(self, q, k, v, *, attn_mask, is_causal, dropout_p, need_weights, cache):
+    def forward(self, q, k, v, *, attn_mask, is_causal, scale, dropout_p, need_weights, cache):
         self.captured.append(q.shape)
-        out, _ = attention(q, k, v, attn_mask=self.mask, backend="math")
+        out, _ = attention(q, k, v, attn_mask=self.mask, scale=scale, backend="math")
         return out, None
 
 

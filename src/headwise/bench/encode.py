@@ -6,7 +6,7 @@ and ``transformers.BertModel.from_pretrained`` on the same folder with
 ``attn_implementation="sdpa"``), end to end as sentence-transformers does it:
 
 * ``headwise``: ``model.encode(texts, batch_size=b)``, which cuts its batches by token
-  count (see ``BertEncoder.encode``)
+  count (see ``SentenceEncoder.encode``)
 * ``transformers``: sentence-transformers' pipeline (sort by characters, the same
   tokenization from ``model.tokenize``, batches of b, mean pooling, L2 normalization,
   original order) around ``BertModel(...).last_hidden_state``
@@ -66,7 +66,7 @@ def real_sentences(count: int) -> list[str]:
 
 
 def transformers_encode(
-    model: headwise.models.BertEncoder, reference: torch.nn.Module, texts: list[str], batch_size: int
+    model: headwise.models.SentenceEncoder, reference: torch.nn.Module, texts: list[str], batch_size: int
 ) -> Tensor:
     """sentence-transformers' encode around transformers' BertModel, tokenized by headwise's tokenizer.
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "transformers": lambda b=batch_size: transformers_encode(model, reference, texts, b),
         }
         padded, vectors = {}, {}  # one run each: the positions it pads and the embeddings to compare
-        for name, embeddings in (("headwise", model.embeddings), ("transformers", reference.embeddings)):
+        for name, embeddings in (("headwise", model.network.embeddings), ("transformers", reference.embeddings)):
             padded[name], vectors[name] = padded_positions(embeddings, steps[name])
         diff = (vectors["headwise"] - vectors["transformers"]).abs().max().item()
         if diff > TOLERANCE:

@@ -179,12 +179,14 @@ def crossings(results: Sequence[dict]) -> list[str]:
             elif not any(faster):
                 where = f"slower than full at every measured L (up to {runs[-1]['length']})"
             else:
-                first = next(i for i, f in enumerate(faster) if f and all(faster[i:]))
-                where = (
-                    f"crosses between L={runs[first - 1]['length']} and L={runs[first]['length']}"
-                    if first > 0
-                    else f"faster from L={runs[first]['length']}"
-                )
+                first = next((i for i, f in enumerate(faster) if f and all(faster[i:])), None)
+                if first is None:  # faster somewhere, slower again at the longest L measured
+                    where = "faster at L=" + ", ".join(str(r["length"]) for r, f in zip(runs, faster, strict=True) if f)
+                    where += f" only, slower at L={runs[-1]['length']}"
+                elif first > 0:
+                    where = f"crosses between L={runs[first - 1]['length']} and L={runs[first]['length']}"
+                else:
+                    where = f"faster from L={runs[first]['length']}"
             lines.append(f"{mode:13s} {impl:6s}: {where}")
     return lines
 

@@ -42,7 +42,7 @@ QUICK = hx.Budget(seconds=1.0, min_rounds=3, max_rounds=3, min_sample_s=0.0, max
 
 
 def attention_inputs(
-    model: headwise.models.BertEncoder, texts: list[str]
+    model: headwise.models.SentenceEncoder, texts: list[str]
 ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """Each attention layer's input in the unpruned model, and the padding mask.
 
@@ -63,19 +63,19 @@ def attention_inputs(
         for hook in hooks:
             hook.remove()
     real = features["attention_mask"].bool()  # (b, L)
-    # as the encoder runs them: a batch without padding needs no mask (see BertEncoder.encode)
+    # as the encoder runs them: a batch without padding needs no mask (see SentenceEncoder.encode)
     return captured, None if bool(real.all()) else real[:, None, None, :]  # (b, 1, 1, L)
 
 
-def run_layers(model: headwise.models.BertEncoder, inputs: list[torch.Tensor], mask: torch.Tensor | None) -> None:
+def run_layers(model: headwise.models.SentenceEncoder, inputs: list[torch.Tensor], mask: torch.Tensor | None) -> None:
     with torch.inference_mode():
         for layer, x in zip(model.attention_layers, inputs, strict=True):
             layer(x, attn_mask=mask)
 
 
 def compare_speed(
-    model: headwise.models.BertEncoder,
-    pruned: headwise.models.BertEncoder,
+    model: headwise.models.SentenceEncoder,
+    pruned: headwise.models.SentenceEncoder,
     texts: list[str],
     batch_sizes: list[int],
     budget: hx.Budget | None = None,

@@ -64,7 +64,7 @@ CANDIDATES = ("bfloat16", *MODES)
 COMPILED = "int8_weight_only"  # the mode compared under torch.compile
 
 
-def build(name: str) -> headwise.models.BertEncoder:
+def build(name: str) -> headwise.models.SentenceEncoder:
     """One of the benchmark's models, in eval mode: ``float32``, ``bfloat16`` or a ``QuantConfig`` mode."""
     model = headwise.models.load().eval()
     if name == "bfloat16":
@@ -145,7 +145,7 @@ def compare_compiled(texts: list[str], batch_sizes: list[int], budget: hx.Budget
     models = {}
     for name in (BASELINE, COMPILED):
         model = build(name)
-        model.encoder.compile(dynamic=True)
+        model.network.encoder.compile(dynamic=True)
         models[name] = model
     results = []
     for batch_size in batch_sizes:

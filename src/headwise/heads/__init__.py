@@ -11,9 +11,11 @@ Score the heads of a sentence encoder on real text and remove the least importan
     prune_heads_(model, {0: [3, 7]})                        # or name the heads yourself
     model.save("minilm-pruned")                             # head counts go to config.json
 
+* Scoring works on any :class:`HeadModel`: the pipelines of :mod:`headwise.models` or a
+  model of your own with :class:`headwise.Attention` layers, ``tokenize`` and ``outputs``.
 * :func:`prune_heads_` removes heads physically from :class:`headwise.Attention`
-  (grouped-query included), :class:`headwise.MultiheadAttention` and the BERT encoder
-  of :mod:`headwise.models`; pruning equals masking the same heads (``head_gate = 0``).
+  (grouped-query included), :class:`headwise.MultiheadAttention` and the models of
+  :mod:`headwise.models`; pruning equals masking the same heads (``head_gate = 0``).
 * Importance: :func:`gradient_importance` (Michel et al. 2019, with a task loss),
   :func:`fisher_importance` (label-free: squared gate gradients of self-distillation),
   :func:`ablation_importance` (leave one head out), :func:`normalize_per_layer`.
@@ -43,6 +45,7 @@ from headwise.heads._importance import (
     normalize_per_layer,
 )
 from headwise.heads._iterative import PruneConfig, prune_by_importance_
+from headwise.heads._protocol import HeadModel
 from headwise.heads._prune import attention_layers, head_counts, prune_heads_
 from headwise.heads._recovery import DistillConfig, DistillResult, distill_
 from headwise.heads._stats import HeadStatistics, head_statistics
@@ -51,6 +54,7 @@ __all__ = [
     "Agreement",
     "DistillConfig",
     "DistillResult",
+    "HeadModel",
     "HeadStatistics",
     "PruneConfig",
     "PruningCurve",

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from headwise.heads._iterative import PruneConfig, prune_by_importance_
-from headwise.heads._scoring import check_encoder, check_texts, gated_layers
+from headwise.heads._protocol import check_model
+from headwise.heads._scoring import check_texts, gated_layers
 
 __all__ = ["Agreement", "PruningCurve", "agreement", "masked_curve", "pruning_curve", "random_order"]
 
@@ -154,7 +155,12 @@ def pruning_curve(
             ``curve`` ``"importance"`` or ``"random"``; e.g. to keep a copy of the pruned
             model at one point, or to advance a progress bar.
     """
-    check_encoder(model)
+    check_model(model)
+    if not callable(getattr(model, "encode", None)):
+        raise TypeError(
+            f"pruning_curve compares sentence embeddings (model.encode); {type(model).__name__} has no encode. "
+            "For other models use masked_curve with a measure of your own."
+        )
     calibration = check_texts(model, calibration)
     evaluation = check_texts(model, evaluation)
     if len(evaluation) < 3:

@@ -11,7 +11,7 @@ from torch import nn
 from headwise._workflow import WorkflowConfig
 from headwise.heads._importance import ablation_importance, fisher_importance, normalize_per_layer
 from headwise.heads._prune import prune_heads_
-from headwise.heads._scoring import check_encoder, check_texts, gated_layers
+from headwise.heads._scoring import check_texts, gated_layers
 
 __all__ = ["PruneConfig", "prune_by_importance_"]
 
@@ -75,7 +75,6 @@ def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneCo
     Shape:
         layer l goes from H_l heads to H_l minus its removed heads, every head of dim D.
     """
-    check_encoder(model)
     texts = check_texts(model, texts)
     if not isinstance(config, PruneConfig):
         raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}.")

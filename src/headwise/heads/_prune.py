@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 from collections.abc import Mapping, Sequence
 
@@ -63,9 +62,9 @@ def prune_heads_(model: nn.Module, heads: Mapping[int | str, Sequence[int]]) -> 
       size; a plain ``torch.nn.MultiheadAttention`` is refused (its forward assumes
       H D = E): convert it first with :func:`headwise.replace_mha_`.
     * Models: the keys index :func:`attention_layers` (for the BERT encoder, layer i) or
-      name a submodule (``"encoder.blocks.3.attention"``).  A model with a ``config``
-      that has per-layer ``num_heads`` (``BertConfig``) gets an updated config, so
-      ``model.save`` writes the new head counts.
+      name a submodule (``"network.encoder.blocks.3.attention"``).  Every module with a
+      ``refresh_head_counts()`` method (the networks of :mod:`headwise.models`, whose configs
+      list each layer's head count) is told afterwards, so saving writes the new counts.
 
     Removing every head of a layer is refused: a layer keeps at least one head.  So is
     pruning a quantized layer (:func:`headwise.quant.quantize_`): its int8 weights cannot
@@ -87,9 +86,11 @@ def prune_heads_(model: nn.Module, heads: Mapping[int | str, Sequence[int]]) -> 
             _prune_attention(layer, drop)
         else:
             _prune_multihead(layer, drop)
-    config = getattr(model, "config", None)
-    if plan and dataclasses.is_dataclass(config) and hasattr(config, "num_heads"):
-        model.config = dataclasses.replace(config, num_heads=tuple(head_counts(model)))
+    if plan:
+        for module in model.modules():  # networks whose config lists each layer's head count
+            refresh = getattr(module, "refresh_head_counts", None)
+            if callable(refresh):
+                refresh()
 
 
 def _plan(model: nn.Module, heads: Mapping[int | str, Sequence[int]]) -> list[tuple[nn.Module, list[int]]]:
@@ -258,7 +259,6 @@ def _prune_attention(layer: Attention, drop: list[int]) -> None:
     _replace(layer.out_proj, "weight", layer.out_proj.weight[:, q_rows])  # (E, H'*D)
     layer.out_proj.in_features = q_rows.numel()
     _replace(layer, "head_gate", layer.head_gate[torch.tensor(keep, device=device)])  # (H',)
-    layer._pack_projections()  # the new q/k/v weights become rows of one tensor again
 
 
 @torch.no_grad()

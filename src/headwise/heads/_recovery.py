@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from headwise._workflow import WorkflowConfig
-from headwise.heads._scoring import check_encoder, check_texts, embed
+from headwise.heads._protocol import check_model
+from headwise.heads._scoring import check_texts
 
 __all__ = ["DistillConfig", "DistillResult", "distill_"]
 
@@ -81,7 +82,10 @@ class DistillResult:
 
 
 def distill_(student: nn.Module, teacher: nn.Module, texts: Sequence[str], config: DistillConfig) -> DistillResult:
-    """Train ``student`` in place so its sentence embeddings of ``texts`` approach ``teacher``'s.
+    """Train ``student`` in place so its outputs on ``texts`` approach ``teacher``'s.
+
+    Sentence encoders minimize 1 - cosine of the embeddings; language models the KL
+    divergence of the teacher's next-token distributions from the student's.
 
     Meant for recovery after pruning: ``teacher = copy.deepcopy(model)`` before
     :func:`prune_heads_` or :func:`prune_by_importance_`, then a few hundred steps on the
@@ -101,12 +105,17 @@ def distill_(student: nn.Module, teacher: nn.Module, texts: Sequence[str], confi
         a :class:`DistillResult` with one loss per step.
 
     Shape:
-        texts N; student and teacher embeddings (b, P) per batch of b texts.
+        texts N; student and teacher outputs (b, P) per batch of b texts, or (n, V) per n tokens.
     """
     if not isinstance(config, DistillConfig):
         raise TypeError(f"config must be a DistillConfig, got {type(config).__name__}.")
-    check_encoder(student)
-    check_encoder(teacher)
+    check_model(student)
+    check_model(teacher)
+    if student.output_kind != teacher.output_kind:
+        raise ValueError(
+            f"the student's outputs are {student.output_kind!r} but the teacher's {teacher.output_kind!r}; "
+            "distill_ is self-distillation: pass the unpruned copy of the same model as the teacher."
+        )
     if isinstance(texts, Sequence) and not isinstance(texts, str) and len(texts) == 0:
         raise ValueError("texts is empty; distill_ needs calibration texts (a few hundred sentences is typical).")
     texts = check_texts(student, texts)
@@ -126,15 +135,18 @@ def distill_(student: nn.Module, teacher: nn.Module, texts: Sequence[str], confi
         for step, batch in enumerate(_batches(len(texts), config.batch_size, config.seed, config.steps)):
             features = student.tokenize([texts[i] for i in batch])
             with torch.no_grad():
-                target = embed(teacher, features)  # (b, P)
+                target = teacher.outputs(features)  # (b, P) or (n, V)
             with torch.enable_grad():
-                output = embed(student, features)  # (b, P)
+                output = student.outputs(features)  # (b, P) or (n, V)
                 if output.shape != target.shape:
                     raise ValueError(
-                        f"student embeddings have shape {tuple(output.shape)} but the teacher's {tuple(target.shape)}; "
-                        "their pooling differs (sentence_config.pooling)."
+                        f"the student's outputs have shape {tuple(output.shape)} but the teacher's "
+                        f"{tuple(target.shape)}; their pooling or vocabulary differs."
                     )
-                loss = (1.0 - F.cosine_similarity(output, target, dim=1)).mean()
+                if student.output_kind == "vectors":
+                    loss = (1.0 - F.cosine_similarity(output, target, dim=1)).mean()
+                else:  # KL(teacher || student) per token
+                    loss = F.kl_div(output, target, log_target=True, reduction="batchmean")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             optimizer.step()

@@ -1,4 +1,4 @@
-"""What scoring and statistics share: text batches for an encoder, and a guard that restores the model."""
+"""What scoring and statistics share: text batches, output divergences, and a guard that restores the model."""
 
 from __future__ import annotations
 
@@ -9,23 +9,13 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
+from headwise.heads._protocol import check_model
 from headwise.heads._prune import attention_layers
 from headwise.modules import Attention
 
-__all__ = ["embed", "gated_layers", "scoring_mode", "text_batches"]
+__all__ = ["divergence", "gated_layers", "scoring_mode", "text_batches"]
 
 logger = logging.getLogger("headwise.heads")
-
-
-def check_encoder(model: nn.Module) -> None:
-    """``model`` must tokenize texts and pool token states (the encoders of :mod:`headwise.models`)."""
-    missing = [name for name in ("tokenize", "pool") if not callable(getattr(model, name, None))]
-    if not isinstance(model, nn.Module) or missing:
-        raise TypeError(
-            f"{type(model).__name__} cannot embed texts (no {' or '.join(missing) or 'nn.Module'}); "
-            "scoring on texts needs an encoder with tokenize(texts) and pool(hidden, attention_mask), "
-            "e.g. headwise.models.load()."
-        )
 
 
 def gated_layers(model: nn.Module) -> list[Attention]:
@@ -41,7 +31,7 @@ def gated_layers(model: nn.Module) -> list[Attention]:
 
 
 def check_texts(model: nn.Module, texts: Sequence[str]) -> list[str]:
-    """A non-empty list of str; logs (warning) how many texts the tokenizer truncates."""
+    """A non-empty list of str; logs (warning) how many texts ``model.tokenize`` truncates."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a sequence of str, got {type(texts).__name__}.")
     texts = list(texts)
@@ -50,14 +40,13 @@ def check_texts(model: nn.Module, texts: Sequence[str]) -> list[str]:
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
     if bad:
         raise TypeError(f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str.")
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None:
-        truncated = sum(1 for e in tokenizer.encode_batch(texts) if e.overflowing)
-        if truncated:
-            limit = model.sentence_config.max_seq_length
+    truncated = getattr(model, "truncated", None)
+    if truncated is not None:
+        cut = truncated(texts)
+        if cut:
             logger.warning(
-                "%d of %d texts are longer than max_seq_length=%d tokens and were truncated to it.",
-                truncated, len(texts), limit,
+                "%d of %d texts are longer than the model's %s tokens and were truncated to it.",
+                cut, len(texts), getattr(model, "max_length", "limit of"),
             )
     return texts
 
@@ -74,14 +63,17 @@ def text_batches(model: nn.Module, texts: list[str], batch_size: int) -> Iterato
         yield start, model.tokenize(texts[start : start + batch_size])
 
 
-def embed(model: nn.Module, features: dict[str, Tensor]) -> Tensor:
-    """Sentence embeddings of one tokenized batch, as ``model.encode`` gives them (with autograd).
+def divergence(model: nn.Module, candidate: Tensor, reference: Tensor) -> Tensor:
+    """How far ``candidate`` outputs are from ``reference`` ones, summed over the batch's items.
+
+    ``"vectors"``: ½ ||c - r||² per text; ``"log_probs"``: KL(reference || candidate) per token.
 
     Shape:
-        features (b, L) each -> (b, P).
+        (B, P) or (N, V) each -> a scalar.
     """
-    hidden, _ = model(**features)  # (b, L, E)
-    return model.pool(hidden, features["attention_mask"])  # (b, P)
+    if model.output_kind == "vectors":
+        return 0.5 * (candidate - reference).square().sum()
+    return (reference.exp() * (reference - candidate)).sum()
 
 
 @contextlib.contextmanager
@@ -90,6 +82,7 @@ def scoring_mode(model: nn.Module, *, gates_require_grad: bool = False) -> Itera
 
     Yields the attention layers.  Gate values are restored too, so a scorer may set them.
     """
+    check_model(model)
     layers = gated_layers(model)
     training = model.training
     modes = {m: m.training for m in model.modules()}

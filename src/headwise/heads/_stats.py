@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from headwise.heads._scoring import check_encoder, check_texts, scoring_mode, text_batches
+from headwise.heads._scoring import check_texts, scoring_mode, text_batches
 
 __all__ = ["HeadStatistics", "head_statistics"]
 
@@ -100,7 +100,6 @@ def head_statistics(model: nn.Module, texts: Sequence[str], *, batch_size: int =
     Shape:
         texts N -> per-layer (H_l,) tensors and (sum H_l, sum H_l) similarities.
     """
-    check_encoder(model)
     texts = check_texts(model, texts)
     with scoring_mode(model) as layers:
         counts = [layer.num_heads for layer in layers]

@@ -1,36 +1,30 @@
-"""A BERT-family encoder built from headwise blocks, with sentence-transformers' encode.
+"""The BERT network built from headwise blocks, and its architecture spec.
 
 Embeddings (word + position + token type, LayerNorm, dropout) feed a stack of
 post-norm :class:`~headwise.modules.PostNormBlock` layers whose self-attention is a
 :class:`headwise.Attention`.  Each layer has its own number of heads, read from its
-weights, so a pruned model is an ordinary one.  Load and save Hugging Face folders
-with :func:`headwise.models.load` and :meth:`BertEncoder.save`.
+weights, so a pruned model is an ordinary one.  :data:`BERT` maps config.json and
+transformers' ``BertModel`` key names onto it; :func:`headwise.models.load` and
+:func:`headwise.models.save` read and write Hugging Face folders through it, and
+:class:`headwise.models.SentenceEncoder` adds the sentence pipeline.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headwise.errors import ShapeError, fmt_shape, heads_do_not_divide
-from headwise.models._sentence import SentenceConfig, configure_tokenizer, pool
+from headwise.errors import CheckpointError, ShapeError, fmt_shape, heads_do_not_divide
+from headwise.models._config import config_values, head_counts
+from headwise.models._spec import ArchitectureSpec
 from headwise.modules import Attention, Encoder, FeedForward, PostNormBlock
 
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer
-
-__all__ = ["ACTIVATIONS", "ENCODE_WINDOW", "BertConfig", "BertEmbeddings", "BertEncoder", "BertPooler"]
-
-#: :meth:`BertEncoder.encode` tokenizes this many batches at a time and sorts them by token count
-#: (a bound on the token ids held at once, however many texts come in).
-ENCODE_WINDOW = 64
+__all__ = ["ACTIVATIONS", "BERT", "BertConfig", "BertEmbeddings", "BertModel", "BertPooler"]
 
 #: ``hidden_act`` values of config.json and the activation each one builds.
 ACTIVATIONS: dict[str, tuple[str, dict[str, str]]] = {
@@ -49,8 +43,9 @@ class BertConfig:
 
     ``num_attention_heads`` is the unpruned head count, which fixes the head dim
     ``hidden_size / num_attention_heads``; ``num_heads`` gives each layer's actual
-    count (default: ``num_attention_heads`` everywhere).  ``extra`` keeps the other
-    keys of the config.json this came from, written back on save.
+    count (default: ``num_attention_heads`` everywhere).  ``with_pooler``: the network has
+    BERT's pooler (set from the checkpoint; not a config.json key).  ``extra`` keeps the
+    other keys of the config.json this came from, written back on save.
     """
 
     vocab_size: int
@@ -66,6 +61,7 @@ class BertConfig:
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     pad_token_id: int = 0
+    with_pooler: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -205,61 +201,26 @@ def _layer(config: BertConfig, num_heads: int, factory: dict[str, Any]) -> PostN
     )
 
 
-class BertEncoder(nn.Module):
-    """A BERT encoder: embeddings and post-norm blocks of :class:`headwise.Attention`.
+class BertModel(nn.Module):
+    """The BERT network: embeddings and post-norm blocks of :class:`headwise.Attention`.
 
-    Build one from a folder with :func:`headwise.models.load`.  ``model(...)`` gives
-    token states and, on request, every layer's attention weights; :meth:`encode`
-    gives sentence embeddings exactly as sentence-transformers computes them.
-
-    Args:
-        config: the architecture; ``config.num_heads`` sets each layer's head count.
-        sentence_config: truncation, pooling and normalization for :meth:`encode`;
-            default: ``max_position_embeddings``, mean pooling, no normalization.
-        tokenizer: a ``tokenizers.Tokenizer`` (needed by :meth:`tokenize` and :meth:`encode`);
-            its truncation is set to ``sentence_config.max_seq_length`` and its padding to
-            the longest text of each batch, as sentence-transformers calls it.
-        pooler: a :class:`BertPooler`, when the checkpoint has one.
-        source: the folder the model came from, for messages.
+    Build one from a folder with :func:`headwise.models.load` (which wraps it in a
+    :class:`~headwise.models.SentenceEncoder`), or from a :class:`BertConfig`.
 
     Attributes: ``embeddings``, ``encoder`` (a :class:`headwise.modules.Encoder` whose
-    ``blocks[i].attention`` is layer i's :class:`headwise.Attention`), ``pooler``.
+    ``blocks[i].attention`` is layer i's :class:`headwise.Attention`), ``pooler``
+    (``None`` unless ``config.with_pooler``).
     """
 
     def __init__(
-        self,
-        config: BertConfig,
-        *,
-        sentence_config: SentenceConfig | None = None,
-        tokenizer: Tokenizer | None = None,
-        pooler: BertPooler | None = None,
-        source: str | os.PathLike[str] | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
+        self, config: BertConfig, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.config = config
-        self.sentence_config = sentence_config or SentenceConfig(
-            max_seq_length=config.max_position_embeddings
-        )
-        if self.sentence_config.max_seq_length > config.max_position_embeddings:
-            raise ValueError(
-                f"sentence_config.max_seq_length={self.sentence_config.max_seq_length} exceeds "
-                f"max_position_embeddings={config.max_position_embeddings}; lower it."
-            )
-        self.source = None if source is None else Path(source)
-        if tokenizer is not None:
-            configure_tokenizer(
-                tokenizer,
-                self.sentence_config,
-                pad_token_id=config.pad_token_id,
-                source=self.source / "tokenizer.json" if self.source is not None else "tokenizer",
-            )
-        self.tokenizer = tokenizer
         self.embeddings = BertEmbeddings(config, **factory)
         self.encoder = Encoder([_layer(config, heads, factory) for heads in config.num_heads])
-        self.pooler = pooler
+        self.pooler = BertPooler(config, **factory) if config.with_pooler else None
 
     @property
     def attention_layers(self) -> list[Attention]:
@@ -270,6 +231,10 @@ class BertEncoder(nn.Module):
     def num_heads(self) -> tuple[int, ...]:
         """Each layer's head count, read from its weights (it changes when heads are pruned)."""
         return tuple(layer.num_heads for layer in self.attention_layers)
+
+    def refresh_head_counts(self) -> None:
+        """Make ``config.num_heads`` the layers' head counts again (called by ``prune_heads_``)."""
+        self.config = dataclasses.replace(self.config, num_heads=self.num_heads)
 
     def forward(
         self,
@@ -282,7 +247,7 @@ class BertEncoder(nn.Module):
         """Token states of the last layer, and each layer's attention weights on request.
 
         Args:
-            input_ids: token ids, e.g. from :meth:`tokenize`.
+            input_ids: token ids.
             attention_mask: 1 (or True) for real tokens, 0 for padding; ``None`` = no padding.
             token_type_ids: segment ids; ``None`` = segment 0 everywhere.
             output_attentions: also return every layer's per-head attention weights.
@@ -298,123 +263,9 @@ class BertEncoder(nn.Module):
         """
         self._check_inputs(input_ids, attention_mask, token_type_ids)
         x = self.embeddings(input_ids, token_type_ids)  # (B, L, E)
-        hidden, maps = self.encoder(
-            x, attn_mask=_padding_mask(attention_mask), need_weights=output_attentions
-        )
+        mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
+        hidden, maps = self.encoder(x, attn_mask=mask, need_weights=output_attentions)
         return hidden, None if maps is None else tuple(maps)
-
-    def tokenize(self, texts: str | Sequence[str]) -> dict[str, Tensor]:
-        """Token ids of ``texts``, truncated to ``max_seq_length`` and padded to the longest.
-
-        Texts are stripped (and lower-cased if ``sentence_config.do_lower_case``) as
-        sentence-transformers does.  The tensors are on the model's device.
-
-        Shape:
-            returns ``input_ids``, ``attention_mask``, ``token_type_ids``, each (B, L).
-        """
-        if self.tokenizer is None:
-            where = f"the folder {self.source}" if self.source is not None else "this model"
-            raise ValueError(
-                f"{where} has no tokenizer (no tokenizer.json); pass token ids to the model directly, "
-                "or build it with tokenizer=tokenizers.Tokenizer.from_file(...)."
-            )
-        batch = [t.strip() for t in _as_text_list(texts)]
-        if self.sentence_config.do_lower_case:
-            batch = [t.lower() for t in batch]
-        if not batch:
-            raise ValueError("texts is empty; tokenize needs at least one text.")
-        encodings = self.tokenizer.encode_batch(batch)
-        device = self.embeddings.norm.weight.device  # a float tensor, also when the tables are int8
-        return {
-            "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long, device=device),
-            "attention_mask": torch.tensor(
-                [e.attention_mask for e in encodings], dtype=torch.long, device=device
-            ),
-            "token_type_ids": torch.tensor([e.type_ids for e in encodings], dtype=torch.long, device=device),
-        }
-
-    def pool(self, hidden: Tensor, attention_mask: Tensor, *, normalize: bool | None = None) -> Tensor:
-        """Sentence vectors from token states: the configured pooling, then L2 normalization.
-
-        Shape:
-            hidden (B, L, E), attention_mask (B, L) -> (B, P), P = E per pooling mode.
-        """
-        pooled = pool(hidden, attention_mask, self.sentence_config.pooling)  # (B, P)
-        if normalize is None:
-            normalize = self.sentence_config.normalize
-        if normalize:
-            pooled = F.normalize(pooled, p=2, dim=1)
-        return pooled
-
-    def encode(
-        self, texts: str | Sequence[str], *, batch_size: int = 32, normalize: bool | None = None
-    ) -> Tensor:
-        """Sentence embeddings, the ones sentence-transformers' ``encode`` computes, in tighter batches.
-
-        Each text gets the same embedding as in sentence-transformers (up to float
-        rounding): tokens truncated to ``max_seq_length``, run in eval mode under
-        ``torch.inference_mode``, pooled over its real tokens and (by default, when the
-        folder's modules.json says so, as for all-MiniLM-L6-v2) L2-normalized.  Only the
-        batching differs: texts are tokenized :data:`ENCODE_WINDOW` batches at a time and
-        cut into batches of ``batch_size`` by token count, longest first, each padded to
-        its longest text; sentence-transformers sorts by characters, a looser proxy that
-        pads more (26% more positions at batch 32 on ``headwise bench encode``'s texts).
-        The result is in the order of ``texts``; the training mode is restored.
-
-        Args:
-            texts: one text or a sequence of texts.
-            batch_size: texts per forward pass.
-            normalize: ``None`` follows the model's pipeline; ``True``/``False`` force it.
-
-        Shape:
-            a sequence of N texts -> (N, P); one ``str`` -> (P,).  P = E for one pooling mode.
-        """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
-        single = isinstance(texts, str)
-        batch = _as_text_list(texts)
-        width = len(self.sentence_config.pooling) * self.config.hidden_size
-        weight = self.embeddings.norm.weight  # the model's float dtype and device
-        vectors = torch.empty(len(batch), width, dtype=weight.dtype, device=weight.device)  # (N, P)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                window = ENCODE_WINDOW * batch_size
-                for first in range(0, len(batch), window):
-                    features = self.tokenize(batch[first : first + window])  # (n, L) each
-                    real = features["attention_mask"]  # (n, L)
-                    order = torch.argsort(real.sum(dim=1), descending=True, stable=True)  # most tokens first
-                    for start in range(0, len(order), batch_size):
-                        rows = order[start : start + batch_size]  # (b,)
-                        mask = real[rows]  # (b, L)
-                        columns = mask.any(dim=0)  # (L,): positions some text of this batch fills
-                        mask = mask[:, columns]  # (b, L_b)
-                        padded = not bool(mask.all())  # a batch of equal lengths needs no mask in attention
-                        hidden, _ = self(
-                            features["input_ids"][rows][:, columns],
-                            mask if padded else None,
-                            features["token_type_ids"][rows][:, columns],
-                        )  # (b, L_b, E)
-                        vectors[first + rows] = self.pool(hidden, mask, normalize=normalize)  # (b, P)
-        finally:
-            self.train(was_training)
-        return vectors[0] if single else vectors
-
-    def save(self, path: str | os.PathLike[str], *, full_heads: bool = False) -> Path:
-        """Write a Hugging Face / sentence-transformers folder that :func:`~headwise.models.load` reads.
-
-        config.json, model.safetensors (transformers' ``BertModel`` key names),
-        tokenizer.json and the sentence-transformers files.  Head gates are folded into
-        the output projections.  A pruned model is saved with its smaller layers, which
-        transformers v5 (it dropped head pruning) cannot read; ``full_heads=True`` pads
-        pruned layers back with all-zero heads, which gives the same outputs in the shapes
-        ``transformers.BertModel.from_pretrained`` reads (but not the smaller size).
-        Returns the folder.
-        """
-        from headwise.models._checkpoint import save
-
-        return save(self, Path(path), full_heads=full_heads)
 
     def _check_inputs(
         self, input_ids: Tensor, attention_mask: Tensor | None, token_type_ids: Tensor | None
@@ -437,41 +288,158 @@ class BertEncoder(nn.Module):
         if length > limit:
             raise ShapeError(
                 f"input_ids has {length} tokens per row but the model has max_position_embeddings={limit}; "
-                f"truncate to {limit} (model.tokenize truncates to {self.sentence_config.max_seq_length})."
+                f"truncate to {limit} (the model's tokenize truncates)."
             )
+        check_token_ids(input_ids, self.config.vocab_size)
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if t is not None and t.shape != input_ids.shape:
                 raise ShapeError(
                     f"{name} has shape {fmt_shape(t.shape)} but input_ids has {fmt_shape(input_ids.shape)}; "
                     "both are (batch, seq)."
                 )
+        if token_type_ids is not None:
+            check_token_ids(token_type_ids, self.config.type_vocab_size, name="token_type_ids")
 
 
-def _padding_mask(attention_mask: Tensor | None) -> Tensor | None:
-    """Hugging Face's (B, S) 1 = token / 0 = padding, as headwise's bool mask (True = may attend).
+def check_token_ids(ids: Tensor, vocab_size: int, *, name: str = "input_ids") -> None:
+    """Every id in ``[0, vocab_size)``; otherwise a ValueError with the offending value.
 
-    A batch without padding gets ``None``: the same result, and the kernel needs no mask
-    (the check reads one value; under ``torch.compile`` it is skipped and the mask kept).
-
-    Shape:
-        (B, S) -> (B, 1, 1, S) bool, or None.
+    Reads two values back (min and max); skipped under ``torch.compile``.
     """
-    if attention_mask is None:
-        return None
-    keep = attention_mask.bool()  # (B, S)
-    if not torch.compiler.is_compiling() and bool(keep.all()):
-        return None
-    return keep[:, None, None, :]  # (B, 1, 1, S)
-
-
-def _as_text_list(texts: str | Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        return [texts]
-    if not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}.")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(
-            f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str; every text must be a str."
+    if torch.compiler.is_compiling() or ids.numel() == 0:
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{name} holds the id {bad}, outside the vocabulary of {vocab_size} (ids 0..{vocab_size - 1}); "
+            "tokenize with the model's own tokenizer."
         )
-    return list(texts)
+
+
+# -- the architecture spec: config.json and transformers' BertModel key names ------------------------
+
+#: Keys of ``BertConfig`` read from config.json, with their types, and the optional ones with
+#: the defaults of transformers' BertConfig.
+_REQUIRED: dict[str, type] = {
+    "vocab_size": int,
+    "hidden_size": int,
+    "num_hidden_layers": int,
+    "num_attention_heads": int,
+    "intermediate_size": int,
+}
+_OPTIONAL: dict[str, tuple[type, Any]] = {
+    "hidden_act": (str, "gelu"),
+    "max_position_embeddings": (int, 512),
+    "type_vocab_size": (int, 2),
+    "layer_norm_eps": (float, 1e-12),
+    "hidden_dropout_prob": (float, 0.1),
+    "attention_probs_dropout_prob": (float, 0.1),
+    "pad_token_id": (int, 0),
+}
+#: config.json key with each layer's head count; absent = num_attention_heads everywhere.
+HEADS_KEY = "headwise_num_heads"
+
+
+def read_config(raw: dict[str, Any], path: Path) -> BertConfig:
+    """config.json as a :class:`BertConfig`; errors name the file and the key."""
+    for key, expected in (
+        ("position_embedding_type", "absolute"),
+        ("is_decoder", False),
+        ("add_cross_attention", False),
+    ):
+        if raw.get(key, expected) != expected:
+            raise CheckpointError(
+                f"{path}: {key!r} is {raw[key]!r}; headwise.models implements only {key}={expected!r} "
+                "(a bidirectional encoder with absolute positions)."
+            )
+    values = config_values(raw, path, required=_REQUIRED, optional=_OPTIONAL)
+    heads = head_counts(raw, HEADS_KEY, path)
+    if heads is not None:
+        values["num_heads"] = heads
+    elif raw.get("pruned_heads"):
+        # transformers 4.x records pruning as {layer: [removed heads]}
+        total, layers = values["num_attention_heads"], values["num_hidden_layers"]
+        pruned = {int(k): v for k, v in raw["pruned_heads"].items()}
+        values["num_heads"] = tuple(total - len(pruned.get(i, ())) for i in range(layers))
+    extra = {key: value for key, value in raw.items() if key not in values and key not in (HEADS_KEY, "pruned_heads")}
+    try:
+        return BertConfig(**values, extra=extra)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+
+def write_config(config: BertConfig) -> dict[str, Any]:
+    """The config.json of ``config`` (the keys it came with, the sizes, and each layer's head count)."""
+    raw = {key: value for key, value in config.extra.items() if key not in ("model_type", "architectures")}
+    raw.update({key: getattr(config, key) for key in (*_REQUIRED, *_OPTIONAL)})
+    raw.update(
+        {
+            "model_type": "bert",
+            "architectures": ["BertModel"],
+            "position_embedding_type": "absolute",
+            HEADS_KEY: list(config.num_heads),
+        }
+    )
+    return raw
+
+
+def _build(config: BertConfig, *, dtype: torch.dtype | None = None) -> BertModel:
+    return BertModel(config, dtype=dtype)
+
+
+def _shape_hint(key: str, config: BertConfig) -> str:
+    if ".attention.self." in key or ".attention.output.dense.weight" in key:
+        layer = int(key.split(".")[2])
+        return (
+            f" (layer {layer} with {config.num_heads[layer]} heads of dim {config.head_dim}, from config.json's "
+            f"{HEADS_KEY!r} or num_attention_heads={config.num_attention_heads}). If the layer was pruned, "
+            f"list every layer's head count in config.json's {HEADS_KEY!r}."
+        )
+    return " (from config.json's sizes)."
+
+
+def _unexpected_hint(key: str, config: BertConfig) -> str:
+    if key.startswith("bert."):
+        return (
+            "Its keys start with 'bert.': a model with a task head. headwise loads the bare "
+            "BertModel; save that part (model.bert) on its own."
+        )
+    return f"config.json says num_hidden_layers={config.num_hidden_layers}."
+
+
+#: BERT in transformers' ``BertModel`` key names.
+BERT = ArchitectureSpec(
+    name="BertModel",
+    model_types=("bert",),
+    network=BertModel,
+    read_config=read_config,
+    write_config=write_config,
+    build=_build,
+    modules=(
+        ("embeddings.word_embeddings", "embeddings.word_embeddings"),
+        ("embeddings.position_embeddings", "embeddings.position_embeddings"),
+        ("embeddings.token_type_embeddings", "embeddings.token_type_embeddings"),
+        ("embeddings.norm", "embeddings.LayerNorm"),
+        ("pooler.dense", "pooler.dense"),
+        ("encoder.blocks.{}.attention.q_proj", "encoder.layer.{}.attention.self.query"),
+        ("encoder.blocks.{}.attention.k_proj", "encoder.layer.{}.attention.self.key"),
+        ("encoder.blocks.{}.attention.v_proj", "encoder.layer.{}.attention.self.value"),
+        ("encoder.blocks.{}.attention.out_proj", "encoder.layer.{}.attention.output.dense"),
+        ("encoder.blocks.{}.attention_norm", "encoder.layer.{}.attention.output.LayerNorm"),
+        ("encoder.blocks.{}.feed_forward.up", "encoder.layer.{}.intermediate.dense"),
+        ("encoder.blocks.{}.feed_forward.down", "encoder.layer.{}.output.dense"),
+        ("encoder.blocks.{}.feed_forward_norm", "encoder.layer.{}.output.LayerNorm"),
+    ),
+    dtype_key="embeddings.word_embeddings.weight",
+    # buffers some checkpoints store, which transformers recomputes
+    ignored=(r"embeddings\.position_ids", r"embeddings\.token_type_ids"),
+    shape_hint=_shape_hint,
+    unexpected_hint=_unexpected_hint,
+    layers_described=lambda config: f"{config.num_hidden_layers} layers of hidden size {config.hidden_size}",
+    from_checkpoint=lambda config, keys: dataclasses.replace(
+        config, with_pooler=any(key.startswith("pooler.") for key in keys)
+    ),
+    unpruned=lambda config: dataclasses.replace(config, num_heads=()),
+    head_layout=lambda config: ((config.num_attention_heads,) * 2,) * config.num_hidden_layers,
+)

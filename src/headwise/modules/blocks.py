@@ -20,6 +20,7 @@ __all__ = [
     "CausalDecoder",
     "Encoder",
     "FeedForward",
+    "GatedFeedForward",
     "PostNormBlock",
     "PreNormBlock",
     "decoder_block",
@@ -56,6 +57,36 @@ class FeedForward(nn.Module):
         return self.down(self.dropout(self.activation(self.up(x))))
 
 
+class GatedFeedForward(nn.Module):
+    """Gated feed-forward (GLU family; SwiGLU with SiLU, as in Llama): down(act(gate(x)) * up(x)).
+
+    Shape:
+        (B, L, E) -> (B, L, E).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        hidden_dim: int,
+        *,
+        activation: Callable[[Tensor], Tensor] | None = None,
+        dropout: float = 0.0,
+        bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.gate = nn.Linear(embed_dim, hidden_dim, bias=bias, **factory)
+        self.up = nn.Linear(embed_dim, hidden_dim, bias=bias, **factory)
+        self.down = nn.Linear(hidden_dim, embed_dim, bias=bias, **factory)
+        self.activation = activation if activation is not None else nn.SiLU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.dropout(self.activation(self.gate(x)) * self.up(x)))
+
+
 class _Block(nn.Module):
     def __init__(
         self,
@@ -77,6 +108,9 @@ class _Block(nn.Module):
 class PreNormBlock(_Block):
     """x + Attn(Norm(x)), then x + FF(Norm(x)) (GPT-2, Llama).
 
+    ``forward`` takes :class:`headwise.Attention`'s keywords (``attn_mask``, ``is_causal``,
+    ``cache``, ``need_weights``, ``position_ids``) and passes them on.
+
     Shape:
         x (B, L, E) -> (B, L, E), weights (B, H, L, S) or None.
     """
@@ -89,9 +123,11 @@ class PreNormBlock(_Block):
         is_causal: bool = False,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         h, weights = self.attention(
-            self.attention_norm(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache, need_weights=need_weights
+            self.attention_norm(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache, need_weights=need_weights,
+            position_ids=position_ids,
         )
         x = x + self.dropout(h)
         x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
@@ -113,8 +149,12 @@ class PostNormBlock(_Block):
         is_causal: bool = False,
         cache: KVCache | None = None,
         need_weights: bool = False,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        h, weights = self.attention(x, attn_mask=attn_mask, is_causal=is_causal, cache=cache, need_weights=need_weights)
+        h, weights = self.attention(
+            x, attn_mask=attn_mask, is_causal=is_causal, cache=cache, need_weights=need_weights,
+            position_ids=position_ids,
+        )
         x = self.attention_norm(x + self.dropout(h))
         x = self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
         return x, weights
@@ -147,23 +187,39 @@ def decoder_block(
     hidden_dim: int,
     *,
     num_kv_heads: int | None = None,
-    rotary: bool = True,
+    head_dim: int | None = None,
+    rope_base: float | None = 10000.0,
+    norm_eps: float = 1e-5,
     dropout: float = 0.0,
+    bias: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
 ) -> PreNormBlock:
-    """A pre-norm causal block: RMSNorm, grouped-query attention with rotary positions, SiLU FF."""
-    head_dim = embed_dim // num_heads
+    """A Llama-style pre-norm causal block: RMSNorm, grouped-query attention with rotary
+    positions, and a SwiGLU feed-forward (:class:`GatedFeedForward`).
+
+    Args:
+        embed_dim, num_heads, hidden_dim: E, H and the feed-forward's hidden size.
+        num_kv_heads: K (default H).
+        head_dim: D (default E / H).
+        rope_base: the rotary embedding's wavelength base (Llama 2: 10000; SmolLM2: 100000);
+            ``None`` for no rotary positions.
+        norm_eps: the RMSNorms' epsilon.
+        dropout: dropout on attention probabilities and on each sublayer's output.
+        bias: biases in every projection (Llama: none).
+    """
+    factory = {"device": device, "dtype": dtype}
+    attention = Attention(
+        embed_dim, num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, bias=bias, dropout=dropout,
+        **factory,
+    )
+    if rope_base is not None:
+        attention.rotary = RotaryEmbedding(attention.head_dim, base=rope_base)
     return PreNormBlock(
-        Attention(
-            embed_dim,
-            num_heads,
-            num_kv_heads=num_kv_heads,
-            bias=False,
-            dropout=dropout,
-            rotary=RotaryEmbedding(head_dim) if rotary else None,
-        ),
-        FeedForward(embed_dim, hidden_dim, activation=nn.SiLU(), dropout=dropout, bias=False),
-        attention_norm=nn.RMSNorm(embed_dim),
-        feed_forward_norm=nn.RMSNorm(embed_dim),
+        attention,
+        GatedFeedForward(embed_dim, hidden_dim, dropout=dropout, bias=bias, **factory),
+        attention_norm=nn.RMSNorm(embed_dim, eps=norm_eps, **factory),
+        feed_forward_norm=nn.RMSNorm(embed_dim, eps=norm_eps, **factory),
         dropout=dropout,
     )
 
@@ -184,11 +240,15 @@ class _Stack(nn.Module):
         is_causal: bool,
         caches: Sequence[KVCache] | None,
         need_weights: bool,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor] | None]:
         maps: list[Tensor] = []
         for i, block in enumerate(self.blocks):
             cache = None if caches is None else caches[i]
-            x, weights = block(x, attn_mask=attn_mask, is_causal=is_causal, cache=cache, need_weights=need_weights)
+            x, weights = block(
+                x, attn_mask=attn_mask, is_causal=is_causal, cache=cache, need_weights=need_weights,
+                position_ids=position_ids,
+            )
             if weights is not None:
                 maps.append(weights)
         if self.norm is not None:
@@ -205,9 +265,16 @@ class Encoder(_Stack):
     """
 
     def forward(
-        self, x: Tensor, *, attn_mask: Tensor | None = None, need_weights: bool = False
+        self,
+        x: Tensor,
+        *,
+        attn_mask: Tensor | None = None,
+        need_weights: bool = False,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor] | None]:
-        return self._run(x, attn_mask=attn_mask, is_causal=False, caches=None, need_weights=need_weights)
+        return self._run(
+            x, attn_mask=attn_mask, is_causal=False, caches=None, need_weights=need_weights, position_ids=position_ids
+        )
 
 
 class CausalDecoder(_Stack):
@@ -216,6 +283,9 @@ class CausalDecoder(_Stack):
     ``decoder(x)`` runs a full causal pass; ``decoder(x, caches=caches)`` appends ``x``'s
     positions to the caches and attends over everything cached, which gives the same
     result as the full pass, one step at a time.
+
+    ``position_ids`` (L,) or (B, L) go to every layer's rotary embedding (left-padded
+    batches); by default each layer counts from its cache's length.
 
     Shape:
         x (B, L, E) -> (B, L, E), and with ``need_weights`` one (B, H_l, L, S) map per layer.
@@ -232,9 +302,12 @@ class CausalDecoder(_Stack):
         attn_mask: Tensor | None = None,
         caches: Sequence[KVCache] | None = None,
         need_weights: bool = False,
+        position_ids: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor] | None]:
         if caches is not None and len(caches) != len(self.blocks):
             raise ValueError(
                 f"got {len(caches)} caches for {len(self.blocks)} layers; use decoder.new_caches(...)."
             )
-        return self._run(x, attn_mask=attn_mask, is_causal=True, caches=caches, need_weights=need_weights)
+        return self._run(
+            x, attn_mask=attn_mask, is_causal=True, caches=caches, need_weights=need_weights, position_ids=position_ids
+        )

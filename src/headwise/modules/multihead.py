@@ -4,11 +4,10 @@ Same constructor, defaults, forward arguments, return values, parameters and
 ``state_dict`` keys as ``torch.nn.MultiheadAttention`` (it subclasses it), so
 switching is an import change.  What differs:
 
-* Without weights the output comes from the fused kernel (``F.scaled_dot_product_attention``
-  through :func:`headwise.functional.attention`).  With weights, training takes the output
-  from the fused kernel and computes the weights beside it, and inference computes both in
-  one block-wise math pass, so averaged weights never hold every head's L x S map; small
-  maps in training (:func:`headwise.functional.small_weight_maps`) take one math pass instead.
+* One :func:`headwise.functional.attention` call: without weights the output comes from
+  the fused kernel (``F.scaled_dot_product_attention``); with weights from the ``"weights"``
+  backend, whose averaged weights never hold every head's L x S map (the default call of a
+  training step at L=8192 peaks about 9x below torch's, docs/benchmarks.md).
 * A query row whose keys are all masked gives zeros, never NaN.
 * Mistakes raise errors that name the layout and suggest the fix (they subclass both
   ``ValueError`` and ``AssertionError``, so code catching torch's errors still works).
@@ -22,16 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headwise.errors import TorchCompatShapeError, fmt_shape, heads_do_not_divide
-from headwise.functional import (
-    attention,
-    attention_mean_weights,
-    attention_weights,
-    causal_mask,
-    from_torch_bool_mask,
-    merge_masks,
-    needs_autograd,
-    small_weight_maps,
-)
+from headwise.functional import attention, causal_mask, from_torch_bool_mask, merge_masks
 
 __all__ = ["MultiheadAttention", "replace_mha_"]
 
@@ -166,7 +156,7 @@ class MultiheadAttention(nn.MultiheadAttention):
         batch, query_len, _ = query.shape
         heads, head_dim = self.num_heads, self.head_dim
 
-        q, k, v = self._project(query, key, value, same_qkv=same_qkv, same_kv=same_kv)  # (B, L|S, E)
+        q, k, v = self.project(query, key, value, same_qkv=same_qkv, same_kv=same_kv)  # (B, L|S, E)
         key_len = k.shape[1]
         if attn_mask is not None:
             if attn_mask.dim() == 2:
@@ -202,24 +192,10 @@ class MultiheadAttention(nn.MultiheadAttention):
         mask = merge_masks(attn_mask, key_padding_mask, dtype=q.dtype)
 
         dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights and dropout_p > 0.0:
-            # the returned weights must be the ones the output used, dropout included
-            out, weights = attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p,
-                need_weights=True, backend="math",
-            )  # (B, H, L, D), (B, H, L, S)
-            if average_attn_weights:
-                weights = weights.mean(dim=1)  # (B, L, S)
-        elif need_weights and average_attn_weights:
-            out, weights = attention_mean_weights(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, L, D), (B, L, S)
-        elif need_weights and (not needs_autograd(q, k, v) or small_weight_maps(q, k)):
-            # inference, or small maps in training, every head's map returned: one math pass gives both
-            out, weights = attention(q, k, v, attn_mask=mask, is_causal=is_causal, need_weights=True)  # (B, H, L, D), (B, H, L, S)
-        else:
-            out, _ = attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p)  # (B, H, L, D)
-            if need_weights:
-                weights = attention_weights(q, k, attn_mask=mask, is_causal=is_causal)  # (B, H, L, S)
+        out, weights = attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout_p, need_weights=need_weights,
+            average_weights=need_weights and average_attn_weights,
+        )  # (B, H, L, D), and (B, L, S) averaged or (B, H, L, S)
         out = out.transpose(1, 2).reshape(batch, query_len, heads * head_dim)  # (B, L, H*D), H*D = E unless pruned
         out = self.out_proj(out)  # (B, L, E)
         if not batched:
@@ -230,10 +206,15 @@ class MultiheadAttention(nn.MultiheadAttention):
             out = out.transpose(0, 1)  # (L, B, E)
         return out, weights
 
-    def _project(
+    def project(
         self, query: Tensor, key: Tensor, value: Tensor, *, same_qkv: bool, same_kv: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Input projections, packed into one matmul where the inputs are one tensor.
+        """The input projections, packed into one matmul where the inputs are one tensor.
+
+        ``same_qkv`` / ``same_kv``: the inputs are one tensor (self-attention) or key and
+        value are (cross-attention); the packed product then serves them, with the same
+        result.  Subclasses that hold the projections otherwise override this method
+        (:class:`headwise.quant.QuantizedMultiheadAttention` holds three quantized modules).
 
         Shape:
             query (B, L, E), key (B, S, kdim), value (B, S, vdim) -> (B, L, H*D), (B, S, H*D), (B, S, H*D).
@@ -355,12 +336,15 @@ class MultiheadAttention(nn.MultiheadAttention):
                     + (" (S excludes the bias_kv key, which is added by the layer.)" if extra else "")
                 )
 
-    def _reference_weight(self) -> Tensor:
-        """A tensor with the dtype and device the layer computes in."""
+    def compute_tensor(self) -> Tensor:
+        """A tensor with the dtype and device the layer computes in (inputs are checked against it).
+
+        Subclasses whose projection weights are not float tensors override it.
+        """
         return self.in_proj_weight if self._qkv_same_embed_dim else self.q_proj_weight
 
     def _check_dtype_device(self, query: Tensor, key: Tensor, value: Tensor) -> None:
-        weight = self._reference_weight()
+        weight = self.compute_tensor()
         for name, t in (("key", key), ("value", value)):
             if t.dtype != query.dtype:
                 raise TypeError(

@@ -22,9 +22,9 @@ def shard_heads_(model: nn.Module, mesh) -> dict[str, int]:
     :class:`~headwise.modules.blocks.FeedForward` gets ``up`` column-wise and ``down``
     row-wise.  Norms, embeddings and everything else stay replicated.
 
-    Afterwards a layer's ``num_heads``/``num_kv_heads`` are its local counts (they are read
-    from the projections' sizes, set to the local ``out_features``/``in_features``),
-    ``head_gate`` holds the local heads' gates, and ``new_cache`` allocates local heads.
+    Afterwards a layer's ``num_heads``/``num_kv_heads`` are its local counts (read from the
+    local shards of its projection weights; its forward reads them from the projections'
+    outputs), ``head_gate`` holds the local heads' gates, and ``new_cache`` allocates local heads.
     Weights are DTensors; ``param.grad.full_tensor()`` gives a whole gradient.  Every rank
     must give the same inputs (the model's input is replicated over ``mesh``).  For data
     parallelism on top, shard over the ``"tp"`` dimension of a 2-D mesh and wrap with
@@ -34,7 +34,7 @@ def shard_heads_(model: nn.Module, mesh) -> dict[str, int]:
 
     Args:
         model: a module containing :class:`headwise.Attention` layers (a block, an encoder,
-            :class:`headwise.models.BertEncoder`, or one layer).
+            :class:`headwise.models.BertModel`, or one layer).
         mesh: a 1-D ``torch.distributed.device_mesh.DeviceMesh`` (the tensor-parallel ranks).
 
     Returns:
@@ -122,9 +122,6 @@ def _apply(attention: list[Attention], feed_forward: list[FeedForward], mesh) ->
                 "out_proj": RowwiseParallel(use_local_output=True),
             },
         )
-        for proj in (layer.q_proj, layer.k_proj, layer.v_proj):
-            proj.out_features //= size  # the local heads: forward derives H and K from these
-        layer.out_proj.in_features //= size
         local = heads // size
         gate = layer.head_gate
         layer.head_gate = nn.Parameter(
@@ -136,5 +133,4 @@ def _apply(attention: list[Attention], feed_forward: list[FeedForward], mesh) ->
             mesh,
             {"up": ColwiseParallel(use_local_output=True), "down": RowwiseParallel(use_local_output=True)},
         )
-        block.up.out_features //= size
-        block.down.in_features //= size
+

@@ -41,7 +41,7 @@ class QuantizedMultiheadAttention(MultiheadAttention):
     k_proj: nn.Module
     v_proj: nn.Module
 
-    def _project(
+    def project(
         self, query: Tensor, key: Tensor, value: Tensor, *, same_qkv: bool, same_kv: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Three quantized projections (the packed matmul has no quantized module).
@@ -51,7 +51,7 @@ class QuantizedMultiheadAttention(MultiheadAttention):
         """
         return self.q_proj(query), self.k_proj(key), self.v_proj(value)
 
-    def _reference_weight(self) -> Tensor:
+    def compute_tensor(self) -> Tensor:
         return self._dtype_probe  # the float dtype and device the layer computes in
 
 

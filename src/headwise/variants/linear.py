@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headwise.errors import ShapeError, fmt_shape
-from headwise.functional._backends.math import expand_kv
+from headwise.functional.kernels import expand_kv
 from headwise.variants.stats import weights_refused
 
 __all__ = [

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from headwise.errors import ShapeError, fmt_shape
-from headwise.functional import attention_weights, merge_masks
-from headwise.functional._backends.math import expand_kv
+from headwise.functional import attention, merge_masks
+from headwise.functional.kernels import expand_kv
 
 __all__ = ["LongHeadStatistics", "streaming_head_statistics"]
 
@@ -135,7 +135,9 @@ def _chunk_weights(
     if attn_mask is not None:
         user = attn_mask[..., start:end, :] if attn_mask.dim() >= 2 and attn_mask.shape[-2] != 1 else attn_mask
         mask = merge_masks(mask, user, dtype=query.dtype)
-    return attention_weights(query[:, :, start:end], key, attn_mask=mask, scale=scale)  # (B, H, c, S)
+    chunk = query[:, :, start:end]  # (B, H, c, D)
+    _, weights = attention(chunk, key, key, attn_mask=mask, scale=scale, need_weights=True)  # (B, H, c, S)
+    return weights
 
 
 def weights_refused(variant: str) -> ValueError:

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from headwise.errors import ShapeError, fmt_shape
-from headwise.functional import attention, merge_masks, needs_autograd
+from headwise.functional import attention, merge_masks
 from headwise.variants.stats import weights_refused
 
 __all__ = ["SlidingWindow", "WindowCache", "sliding_window_attention", "window_mask"]
@@ -128,7 +128,9 @@ def sliding_window_attention(
     offset = key_len - query_len
     device = query.device
     # without autograd, blocks are written into one preallocated output (no list + cat copy)
-    grad = needs_autograd(query, key, value) or (attn_mask is not None and needs_autograd(attn_mask))
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (query, key, value, attn_mask)
+    )
     output = None if grad else query.new_empty(*query.shape[:3], value.shape[-1])  # (B, H, L, Dv)
     outputs = []
     band_masks: dict[tuple[int, int, int], Tensor] = {}

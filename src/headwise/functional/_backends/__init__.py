@@ -1,1 +1,1 @@
-"""Attention backends. Each module defines ``BACKEND``; see ``_dispatch``."""
+"""Attention backends.  Each module defines ``BACKEND``; see ``headwise.functional._dispatch``."""
