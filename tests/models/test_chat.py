@@ -28,7 +28,7 @@ def hf() -> PreTrainedTokenizerFast:
 CHAT = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "Héllo <b>&</b> \"wörld\" 😀"},
-    {"role": "assistant", "content": "Hi!\n  indented"},
+    {"role": "assistant", "content": "Hi!\n  indented", "reasoning": "greet back", "tool_calls": None},
     {"role": "user", "content": "Again?", "name": "bob"},
 ]
 
@@ -58,6 +58,8 @@ TEMPLATES = {
     "strftime": "{{ strftime_now('%Y') }}",
     "dict": "{{ dict(a=1, b=messages[0].role) | tojson }} {{ messages[3].name }}",
     "extra-variable": "{% if enable_thinking %}<think>{% endif %}{{ messages[-1].content }}",
+    "none-and-reasoning-fields": "{% for m in messages %}{{ m.role }}:{{ m.tool_calls is defined }},"
+    "{{ m.reasoning_content }},{{ m.thinking }},{{ m.reasoning }};{% endfor %}",
 }
 
 

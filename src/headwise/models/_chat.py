@@ -27,6 +27,8 @@ __all__ = ["render_chat"]
 
 #: jinja2 releases before this one have known sandbox escapes
 _MIN_JINJA = (3, 1, 6)
+#: names a message's reasoning comes under; templates read the first or the second
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
 #: JSON-like types a template may see
 _SCALARS = (str, int, float, bool, type(None))
 
@@ -48,8 +50,10 @@ def render_chat(
 
     Args:
         template: the Jinja chat template.
-        messages: the conversation, a list of dicts with str ``role`` and ``content`` (further
-            keys, such as ``name``, are passed through when they hold plain data).
+        messages: the conversation, a list of dicts with str ``role`` and ``content``.  Further
+            keys (``name``, ``tool_calls``, ...) are passed through when they hold plain data,
+            and dropped when None; a ``reasoning_content``, ``thinking`` or ``reasoning`` is
+            given under the first two names as well (both as transformers does).
         add_generation_prompt: end with the template's prompt for the assistant's reply.
         bos_token, eos_token: the model's special token strings, for templates that write them
             (left undefined when None).
@@ -114,7 +118,12 @@ def _checked_messages(messages: Any) -> list[dict[str, Any]]:
                     f"messages[{index}][{key!r}] is a {type(message[key]).__name__} ({message[key]!r:.60}); "
                     "role and content must be str."
                 )
-        chat.append(_plain(message, f"messages[{index}]"))
+        # transformers drops keys whose value is None (APIs send content=None, tool_calls=None)
+        plain = _plain({k: v for k, v in message.items() if v is not None}, f"messages[{index}]")
+        reasoning = next((plain[k] for k in _REASONING_FIELDS if k in plain), None)
+        if reasoning is not None:  # every name templates read the reasoning under, as transformers does
+            plain = {"thinking": reasoning, **plain, "reasoning_content": reasoning}
+        chat.append(plain)
     return chat
 
 
