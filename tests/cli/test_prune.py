@@ -11,6 +11,7 @@ from click.testing import CliRunner
 import headwise.models
 from headwise.cli import main
 from headwise.cli.prune_cmd import parse_heads
+from tests.helpers import assert_close_to_oracle
 
 
 def test_prune_named_heads_saves_a_loadable_model(tmp_path):
@@ -26,12 +27,14 @@ def test_prune_named_heads_saves_a_loadable_model(tmp_path):
     from transformers import BertModel
 
     hf = BertModel.from_pretrained(hf_out).eval()
+    hf64 = BertModel.from_pretrained(hf_out, dtype=torch.float64).eval()  # the oracle
     batch = reloaded.tokenize(["A sentence to compare.", "Another, a little longer, sentence."])
     with torch.no_grad():
         expected = hf(**batch).last_hidden_state
+        oracle = hf64(**batch).last_hidden_state
         got, _ = reloaded(**batch)
     real = batch["attention_mask"].bool()
-    torch.testing.assert_close(got[real], expected[real], atol=1e-4, rtol=1e-4)
+    assert_close_to_oracle(got[real], oracle[real], expected[real])
 
 
 def test_prune_by_fraction(tmp_path):

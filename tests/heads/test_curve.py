@@ -30,6 +30,14 @@ def minilm():
     return hm.load()
 
 
+@pytest.fixture(scope="module")
+def minilm64():
+    """For identities (pruning equals masking): float64, as float32 rounding differs between processors."""
+    import headwise.models as hm
+
+    return hm.load(dtype=torch.float64)
+
+
 def test_agreement_of_identical_and_changed_embeddings():
     torch.manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(10, 16), dim=1)
@@ -52,14 +60,15 @@ def test_random_order_keeps_min_heads_and_depends_on_seed():
     assert len(random_order([4, 2, 3], seed=1, min_heads=2)) == 2 + 0 + 1
 
 
-def test_masked_curve_equals_pruning(minilm):
+def test_masked_curve_equals_pruning(minilm64):
+    minilm = minilm64
     order = [(0, 3), (5, 1), (5, 2)]
     texts = EVALUATION[:3]
     results = masked_curve(minilm, order, lambda m: m.encode(texts), [0, 1, 3])
     torch.testing.assert_close(results[0], minilm.encode(texts))
     pruned = copy.deepcopy(minilm)
     prune_heads_(pruned, {0: [3], 5: [1, 2]})
-    torch.testing.assert_close(results[2], pruned.encode(texts), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(results[2], pruned.encode(texts), atol=1e-10, rtol=0)
     assert all(bool((layer.head_gate == 1).all()) for layer in minilm.attention_layers)  # model untouched
     with pytest.raises(ValueError, match=r"counts must be ascending within \[0, 3\]"):
         masked_curve(minilm, order, lambda m: 0, [2, 1])

@@ -23,6 +23,14 @@ def minilm():
     return hm.load()
 
 
+@pytest.fixture(scope="module")
+def minilm64():
+    """For identities (pruning equals masking): float64, as float32 rounding differs between processors."""
+    import headwise.models as hm
+
+    return hm.load(dtype=torch.float64)
+
+
 def test_config_round_trips_and_validates():
     config = PruneConfig(remove=10, step=3, normalize=True)
     assert PruneConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -56,7 +64,8 @@ def test_first_step_removes_the_least_important_heads(minilm):
     assert sum(model.num_heads) == 69
 
 
-def test_iterative_pruning_keeps_track_of_original_indices(minilm):
+def test_iterative_pruning_keeps_track_of_original_indices(minilm64):
+    minilm = minilm64
     model = copy.deepcopy(minilm)
     removed = prune_by_importance_(model, TEXTS, PruneConfig(remove=7, step=2, probes=1, min_heads=10))
     assert len(removed) == len(set(removed)) == 7
@@ -66,7 +75,7 @@ def test_iterative_pruning_keeps_track_of_original_indices(minilm):
     with torch.no_grad():
         for layer, head in removed:
             masked.attention_layers[layer].head_gate[head] = 0.0
-    torch.testing.assert_close(model.encode(TEXTS), masked.encode(TEXTS), rtol=0, atol=1e-5)
+    torch.testing.assert_close(model.encode(TEXTS), masked.encode(TEXTS), rtol=0, atol=1e-10)
 
 
 def test_ablation_method(minilm):

@@ -269,20 +269,21 @@ def test_unpermuted_weights_give_llamacpp_rope_scores():
     x = torch.randn(length, hidden, dtype=torch.float64)
     positions = torch.arange(length)
 
-    def interleaved(t):  # (L, H, D) by pairs of neighbours, llama.cpp's LLAMA_ROPE_TYPE_NORM
-        angles = positions[:, None].double() * 10000.0 ** (-torch.arange(0, head_dim, 2).double() / head_dim)
-        cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # (L, 1, D/2)
+    cos, sin = rotary_angles(positions, head_dim)  # (L, D): float32 angles, as headwise and transformers use
+
+    def interleaved(t):  # (L, H, D) by pairs of neighbours, llama.cpp's LLAMA_ROPE_TYPE_NORM, the same angles
+        cos_half, sin_half = cos[:, None, : head_dim // 2].double(), sin[:, None, : head_dim // 2].double()  # (L, 1, D/2)
         even, odd = t[..., 0::2], t[..., 1::2]  # (L, H, D/2) each
-        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)  # (L, H, D)
+        return torch.stack(
+            [even * cos_half - odd * sin_half, even * sin_half + odd * cos_half], dim=-1
+        ).flatten(-2)  # (L, H, D)
 
     file_q = interleaved((x @ w_file.T).view(length, heads, head_dim))  # (L, H, D)
     file_scores = torch.einsum("lhd,mhd->hlm", file_q, file_q)
-    cos, sin = rotary_angles(positions, head_dim)
     hf_q = (x @ _unpermute_rows(w_file, heads).T).view(length, heads, head_dim).transpose(0, 1)  # (H, L, D)
     hf_q = apply_rotary(hf_q[None], cos.double(), sin.double())[0]  # (H, L, D)
     hf_scores = hf_q @ hf_q.transpose(-1, -2)  # (H, L, L)
-    # headwise's rotary runs in float32: a float32 tolerance
-    torch.testing.assert_close(hf_scores, file_scores, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(hf_scores, file_scores, rtol=0, atol=1e-10)  # the same rotation, in float64
     plain = (x @ w_file.T).view(length, heads, head_dim).transpose(0, 1)  # (H, L, D), not unpermuted
     plain = apply_rotary(plain[None], cos.double(), sin.double())[0]
     assert not torch.allclose(plain @ plain.transpose(-1, -2), file_scores, rtol=1e-2, atol=1e-2)

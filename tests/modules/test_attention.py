@@ -25,20 +25,20 @@ def copy_from_torch(ours: Attention, ref: nn.MultiheadAttention) -> None:
 
 
 def test_matches_torch_multihead_attention():
-    ref = nn.MultiheadAttention(E, H, batch_first=True)
-    ours = Attention(E, H)
+    ref = nn.MultiheadAttention(E, H, batch_first=True, dtype=torch.float64)
+    ours = Attention(E, H, dtype=torch.float64)
     copy_from_torch(ours, ref)
-    x = torch.randn(B, L, E)
-    mem = torch.randn(B, 9, E)
+    x = torch.randn(B, L, E, dtype=torch.float64)
+    mem = torch.randn(B, 9, E, dtype=torch.float64)
     pad = torch.zeros(B, 9, dtype=torch.bool)
     pad[1, -3:] = True  # torch polarity: True = padding
     expected, expected_w = ref(x, mem, mem, key_padding_mask=pad, average_attn_weights=False)
     got, weights = ours(x, mem, attn_mask=~pad[:, None, None, :], need_weights=True)
-    torch.testing.assert_close(got, expected, atol=2e-6, rtol=1e-5)
-    torch.testing.assert_close(weights, expected_w, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(weights, expected_w, atol=1e-12, rtol=0)
     fast, none = ours(x, mem, attn_mask=~pad[:, None, None, :])
     assert none is None
-    torch.testing.assert_close(fast, expected, atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(fast, expected, atol=1e-12, rtol=0)
 
 
 class _ScaledLinear(nn.Linear):
@@ -47,10 +47,10 @@ class _ScaledLinear(nn.Linear):
 
 
 def test_projections_honour_hooks_subclasses_and_functional_call():
-    """The projections skip ``nn.Module.__call__`` only where it would do nothing more than forward."""
+    """The projections are called as modules: hooks, subclasses and functional_call all take effect."""
     torch.manual_seed(0)
-    attn = Attention(E, H).eval()
-    x = torch.randn(B, L, E)
+    attn = Attention(E, H, dtype=torch.float64).eval()
+    x = torch.randn(B, L, E, dtype=torch.float64)
     plain, _ = attn(x)
     calls = []
     handle = attn.q_proj.register_forward_hook(lambda module, args, out: calls.append("q") or out * 0.0)
@@ -70,12 +70,12 @@ def test_projections_honour_hooks_subclasses_and_functional_call():
     zeroed_out, _ = attn(x)
     handle.remove()
     torch.testing.assert_close(zeroed_out, attn.out_proj.bias.expand_as(zeroed_out))
-    scaled = Attention(E, H).eval()
+    scaled = Attention(E, H, dtype=torch.float64).eval()
     scaled.load_state_dict(attn.state_dict())
-    scaled.v_proj = _ScaledLinear(E, E)
+    scaled.v_proj = _ScaledLinear(E, E, dtype=torch.float64)
     scaled.v_proj.load_state_dict(attn.v_proj.state_dict())
     doubled, _ = scaled(x)
-    torch.testing.assert_close(doubled - attn.out_proj.bias, 2.0 * (plain - attn.out_proj.bias), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(doubled - attn.out_proj.bias, 2.0 * (plain - attn.out_proj.bias), atol=1e-12, rtol=0)
     params = {name: torch.zeros_like(p) if name == "k_proj.weight" else p for name, p in attn.named_parameters()}
     swapped, _ = torch.func.functional_call(attn, params, (x,))
     assert not torch.allclose(swapped, plain)  # the swapped-in key weights were used
@@ -84,18 +84,18 @@ def test_projections_honour_hooks_subclasses_and_functional_call():
 
 
 def test_causal_self_attention_matches_torch():
-    ref = nn.MultiheadAttention(E, H, batch_first=True)
-    ours = Attention(E, H)
+    ref = nn.MultiheadAttention(E, H, batch_first=True, dtype=torch.float64)
+    ours = Attention(E, H, dtype=torch.float64)
     copy_from_torch(ours, ref)
-    x = torch.randn(B, L, E)
-    mask = nn.Transformer.generate_square_subsequent_mask(L)
-    torch.testing.assert_close(ours(x, is_causal=True)[0], ref(x, x, x, attn_mask=mask)[0], atol=2e-6, rtol=1e-5)
+    x = torch.randn(B, L, E, dtype=torch.float64)
+    mask = nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
+    torch.testing.assert_close(ours(x, is_causal=True)[0], ref(x, x, x, attn_mask=mask)[0], atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("kv_heads", [1, 2])
 def test_grouped_query_equals_repeated_kv_heads(kv_heads):
-    grouped = Attention(E, H, num_kv_heads=kv_heads)
-    plain = Attention(E, H)
+    grouped = Attention(E, H, num_kv_heads=kv_heads, dtype=torch.float64)
+    plain = Attention(E, H, dtype=torch.float64)
     rep = H // kv_heads
     d = E // H
     with torch.no_grad():
@@ -105,8 +105,8 @@ def test_grouped_query_equals_repeated_kv_heads(kv_heads):
             dst.weight.copy_(src.weight.view(kv_heads, d, E).repeat_interleave(rep, 0).reshape(E, E))
             dst.bias.copy_(src.bias.view(kv_heads, d).repeat_interleave(rep, 0).reshape(E))
     assert grouped.num_kv_heads == kv_heads and grouped.k_proj.weight.shape == (kv_heads * d, E)
-    x = torch.randn(B, L, E)
-    torch.testing.assert_close(grouped(x, is_causal=True)[0], plain(x, is_causal=True)[0])
+    x = torch.randn(B, L, E, dtype=torch.float64)
+    torch.testing.assert_close(grouped(x, is_causal=True)[0], plain(x, is_causal=True)[0], atol=1e-12, rtol=0)
 
 
 def test_explicit_head_dim_when_heads_do_not_divide():
@@ -118,14 +118,17 @@ def test_explicit_head_dim_when_heads_do_not_divide():
 
 def test_rotary_scores_depend_on_relative_position_only():
     rope = RotaryEmbedding(8)
-    q = torch.randn(1, 1, 1, 8)
-    k = torch.randn(1, 1, 1, 8)
+    q = torch.randn(1, 1, 1, 8, dtype=torch.float64)
+    k = torch.randn(1, 1, 1, 8, dtype=torch.float64)
     scores = []
     for offset in (0, 5, 100):
         qr, kr = rope(q, k, torch.tensor([offset + 3]), torch.tensor([offset]))
         scores.append((qr * kr).sum())
-    torch.testing.assert_close(scores[0], scores[1])
-    torch.testing.assert_close(scores[0], scores[2], atol=1e-4, rtol=1e-4)
+    # the angles are float32 (as in transformers), so a position p rotates by p * w rounded in float32:
+    # at most p * 2**-24 * (1 + w) radians of error per angle, times |q||k| in the score
+    bound = 2 * 103 * 2**-24 * 2 * (q.norm() * k.norm()).item()
+    torch.testing.assert_close(scores[0], scores[1], atol=bound, rtol=0)
+    torch.testing.assert_close(scores[0], scores[2], atol=bound, rtol=0)
     qr, _ = rope(q, k, torch.tensor([0]), torch.tensor([0]))
     torch.testing.assert_close(qr, q)  # position 0 is the identity
 
@@ -205,15 +208,17 @@ def _decode_case(draw):
 @given(case=_decode_case(), seed=st.integers(0, 1000))
 def test_property_cached_decoding_equals_full_pass(case, seed):
     torch.manual_seed(seed)
-    m = Attention(E, H, num_kv_heads=case["kv"], rotary=RotaryEmbedding(E // H) if case["rotary"] else None).eval()
-    x = torch.randn(case["batch"], case["length"], E)
+    m = Attention(
+        E, H, num_kv_heads=case["kv"], rotary=RotaryEmbedding(E // H) if case["rotary"] else None, dtype=torch.float64
+    ).eval()
+    x = torch.randn(case["batch"], case["length"], E, dtype=torch.float64)
     full, _ = m(x, is_causal=True)
     cache = m.new_cache(case["batch"], 16)
     pieces = []
     for start in range(0, case["length"], case["chunk"]):
         out, _ = m(x[:, start : start + case["chunk"]], is_causal=True, cache=cache)
         pieces.append(out)
-    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(pieces, 1), full, atol=1e-10, rtol=0)
     assert cache.length == case["length"]
 
 

@@ -11,14 +11,16 @@ __all__ = ["apply_rotary", "rotary_angles"]
 def rotary_angles(positions: Tensor, head_dim: int, *, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """cos and sin of the rotation angles for ``positions``.
 
+    The angles are computed in float32 with the frequencies 1 / base^(2i / D), as transformers'
+    Llama computes them, so a model loaded from a checkpoint rotates exactly as its reference.
+
     Shape:
         positions (L,) or (B, L) integer -> cos, sin (L, D) or (B, L, D), float32.
     """
     if head_dim % 2 != 0:
         raise ValueError(f"rotary embeddings need an even head_dim, got {head_dim}.")
-    inv_freq = base ** (
-        -torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim
-    )  # (D/2,)
+    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim
+    inv_freq = 1.0 / (base**exponents)  # (D/2,)
     angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., L, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (..., L, D)
     return angles.cos(), angles.sin()
@@ -27,12 +29,16 @@ def rotary_angles(positions: Tensor, head_dim: int, *, base: float = 10000.0) ->
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate pairs (x_i, x_{i + D/2}) of every head by the given angles.
 
+    Computed in float32 for half types and in ``x``'s dtype otherwise (float64 stays float64).
+
     Shape:
         x (B, H, L, D); cos, sin (L, D) or (B, L, D) -> (B, H, L, D).
     """
     if cos.dim() == 3:
         cos, sin = cos[:, None], sin[:, None]  # (B, 1, L, D)
+    compute = torch.promote_types(x.dtype, torch.float32)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]  # (B, H, L, D/2) each
     rotated = torch.cat([-x2, x1], dim=-1)  # (B, H, L, D)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    out = x.to(compute) * cos.to(compute) + rotated.to(compute) * sin.to(compute)
+    return out.to(x.dtype)
