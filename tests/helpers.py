@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -56,3 +58,24 @@ def qkv(b=2, h=4, k=None, lq=5, s=7, d=8, dtype=torch.float32, requires_grad=Fal
     key = torch.randn(b, k, s, d, dtype=dtype, requires_grad=requires_grad)
     value = torch.randn(b, k, s, d, dtype=dtype, requires_grad=requires_grad)
     return q, key, value
+
+
+@contextlib.contextmanager
+def float64_llama_norms():
+    """transformers' ``LlamaRMSNorm`` computes in float32 whatever the model's dtype; make a float64
+    model a float64 oracle by computing in the input's precision (float32 and half types unchanged)."""
+    from transformers.models.llama import modeling_llama
+
+    original = modeling_llama.LlamaRMSNorm.forward
+
+    def forward(self, hidden_states):
+        compute = torch.promote_types(hidden_states.dtype, torch.float32)
+        h = hidden_states.to(compute)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * h.to(hidden_states.dtype)
+
+    modeling_llama.LlamaRMSNorm.forward = forward
+    try:
+        yield
+    finally:
+        modeling_llama.LlamaRMSNorm.forward = original

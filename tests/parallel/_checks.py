@@ -108,6 +108,41 @@ def tensor_parallel(rank: int, world_size: int) -> dict:
     results["twice_error"] = _error(lambda: shard_heads_(attn, mesh))
     results["mesh_error"] = _error(lambda: shard_heads_(Attention(8, 2), init_device_mesh("cpu", (1, world_size))))
     results["type_error"] = _error(lambda: shard_heads_(Attention(8, 2), "tp"))
+    results.update(_decoder(mesh))
+    return results
+
+
+def _tiny_causal_lm(num_kv_heads: int):
+    """A random Llama (float64) with a byte-level tokenizer: generate() runs end to end."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from headwise.models import CausalLM, LlamaConfig, LlamaModel
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tokenizer = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    config = LlamaConfig(
+        vocab_size=256, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=num_kv_heads * 2, num_key_value_heads=num_kv_heads, head_dim=8,
+        max_position_embeddings=64, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    return CausalLM(LlamaModel(config, dtype=torch.float64), tokenizer=tokenizer).eval()
+
+
+def _decoder(mesh) -> dict:
+    """A Llama decoder: 2 kv groups over 2 ranks generate the one-process tokens; 3 groups are refused."""
+    results: dict = {}
+    model = _tiny_causal_lm(2)
+    prompts = ["The cat", "A longer prompt than the first"]
+    expected = model.generate(prompts, max_new_tokens=12, stop_at_eos=False)
+    results["decoder_counts"] = shard_heads_(model, mesh)
+    results["decoder_heads"] = [list(model.num_heads), list(model.num_kv_heads)]
+    results["decoder_same_text"] = model.generate(prompts, max_new_tokens=12, stop_at_eos=False) == expected
+    odd = _tiny_causal_lm(3)
+    results["decoder_odd_error"] = _error(lambda: shard_heads_(odd, mesh))
+    results["decoder_odd_unchanged"] = all(type(p) is nn.Parameter for p in odd.parameters())
     return results
 
 

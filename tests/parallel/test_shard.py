@@ -41,10 +41,15 @@ def test_tensor_parallel_two_ranks_equal_one_process(tmp_path):
             assert r[key] < TOL, f"{key}: {r[key]}"
         assert re.fullmatch(
             r"ValueError: 0 has num_heads=6 and num_kv_heads=3, but the tensor-parallel size is 2: .*"
-            r"use a tensor-parallel size that divides 3, or prune heads to a multiple of it\.",
+            r"world sizes that work for this layer: 1, 3\.",
             r["odd_kv_error"],
         )
         assert r["odd_kv_unchanged"]
+        assert r["decoder_counts"] == {"attention": 2, "feed_forward": 2}
+        assert r["decoder_heads"] == [[2, 2], [1, 1]]  # each rank: one kv group and its 2 query heads
+        assert r["decoder_same_text"]
+        assert re.search(r"num_kv_heads=3, but the tensor-parallel size is 2.*work for this layer: 1, 3\.", r["decoder_odd_error"])
+        assert r["decoder_odd_unchanged"]
         assert r["odd_heads_error"].startswith("ValueError: model has num_heads=3 and num_kv_heads=3")
         assert re.match(r"ValueError: 1 is a MultiheadAttention, whose packed in_proj_weight", r["mha_error"])
         assert re.match(r"ValueError: parameter 'q_proj.weight' is a DTensor.*already sharded", r["twice_error"])

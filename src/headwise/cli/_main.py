@@ -6,6 +6,7 @@ import click
 
 from headwise.cli.analyze_cmd import analyze_command
 from headwise.cli.bench_cmd import bench_command
+from headwise.cli.generate_cmd import chat_command, generate_command, perplexity_command
 from headwise.cli.inspect_cmd import inspect_command
 from headwise.cli.prune_cmd import prune_command
 from headwise.cli.report_cmd import report_command
@@ -48,3 +49,6 @@ main.add_command(prune_command)
 main.add_command(viz_command)
 main.add_command(bench_command)
 main.add_command(report_command)
+main.add_command(generate_command)
+main.add_command(chat_command)
+main.add_command(perplexity_command)

