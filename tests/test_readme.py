@@ -1,4 +1,4 @@
-"""Every ```python block of the README runs as written."""
+"""Every ```python block of the README and of docs/*.md runs as written."""
 
 from __future__ import annotations
 
@@ -7,15 +7,22 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+BLOCKS = [
+    (page, index, block)
+    for page in PAGES
+    for index, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S))
+]
 
 
-def test_readme_has_examples():
-    assert len(BLOCKS) >= 2
+def test_readme_and_docs_have_examples():
+    assert sum(1 for page, _, _ in BLOCKS if page.name == "README.md") >= 3
+    assert {page.name for page, _, _ in BLOCKS} >= {"README.md", "concepts.md", "decoder.md"}
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index):
+@pytest.mark.parametrize(("page", "index", "block"), BLOCKS, ids=[f"{p.relative_to(ROOT)}[{i}]" for p, i, _ in BLOCKS])
+def test_code_block_runs(page, index, block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # blocks that write files write them here
     namespace: dict = {}
-    exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), namespace)
+    exec(compile(block, f"{page.relative_to(ROOT)}[python block {index}]", "exec"), namespace)

@@ -49,8 +49,8 @@ def theirs():
 def texts(ours) -> list[str]:
     """Short sentences and one text of 1000+ tokens."""
     sentences = doc_sentences()
-    long_text = " ".join(sentences[:120])
-    assert len(ours.tokenize([long_text])["input_ids"][0]) > 1000
+    count = next(n for n in range(20, len(sentences)) if len(ours.tokenize([" ".join(sentences[:n])])["input_ids"][0]) > 1000)
+    long_text = " ".join(sentences[:count])  # just over 1000 tokens
     return [sentences[0], long_text, sentences[3], "Hello world."]
 
 

@@ -165,11 +165,14 @@ class CausalLM(nn.Module):
         """The network's logits and, with ``output_attentions``, every layer's per-head maps.
 
         Right-padded batches (as :meth:`tokenize` makes them) need no position ids: padding
-        comes after every real token.
+        comes after every real token.  A mask without padding is dropped (in eager mode), so the
+        fused kernel applies the causal mask itself and skips the masked half of the scores.
 
         Shape:
             input_ids, attention_mask (B, L) -> logits (B, L, V), attentions[l] (B, H_l, L, L).
         """
+        if attention_mask is not None and not torch.compiler.is_compiling() and bool(attention_mask.all()):
+            attention_mask = None
         return self.network(input_ids, attention_mask, output_attentions=output_attentions, **network_options)
 
     # -- text ---------------------------------------------------------------------------------------
