@@ -5,23 +5,35 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["apply_rotary", "rotary_angles"]
+__all__ = ["apply_rotary", "rotary_angles", "rotary_frequencies"]
 
 
-def rotary_angles(positions: Tensor, head_dim: int, *, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+def rotary_frequencies(head_dim: int, *, base: float = 10000.0, device: torch.device | None = None) -> Tensor:
+    """The rotation frequencies 1 / base^(2i / D), in float32, as transformers' Llama computes them.
+
+    Shape:
+        -> (D/2,) float32.
+    """
+    if head_dim % 2 != 0:
+        raise ValueError(f"rotary embeddings need an even head_dim, got {head_dim}.")
+    exponents = torch.arange(0, head_dim, 2, device=device, dtype=torch.int64).float() / head_dim
+    return 1.0 / (base**exponents)  # (D/2,)
+
+
+def rotary_angles(
+    positions: Tensor, head_dim: int, *, base: float = 10000.0, frequencies: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """cos and sin of the rotation angles for ``positions``.
 
-    The angles are computed in float32 with the frequencies 1 / base^(2i / D), as transformers'
-    Llama computes them, so a model loaded from a checkpoint rotates exactly as its reference.
+    The angles are computed in float32 (``frequencies``: :func:`rotary_frequencies`, computed
+    here when not given), so a model loaded from a checkpoint rotates exactly as its reference.
 
     Shape:
         positions (L,) or (B, L) integer -> cos, sin (L, D) or (B, L, D), float32.
     """
-    if head_dim % 2 != 0:
-        raise ValueError(f"rotary embeddings need an even head_dim, got {head_dim}.")
-    exponents = torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.int64).float() / head_dim
-    inv_freq = 1.0 / (base**exponents)  # (D/2,)
-    angles = positions.to(torch.float32)[..., None] * inv_freq  # (..., L, D/2)
+    if frequencies is None:
+        frequencies = rotary_frequencies(head_dim, base=base, device=positions.device)
+    angles = positions.to(torch.float32)[..., None] * frequencies  # (..., L, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (..., L, D)
     return angles.cos(), angles.sin()
 

@@ -220,6 +220,9 @@ class LlamaModel(nn.Module):
             (L,) -> logits (B, L', V), attentions[l] (B, H_l, L, S).
         """
         self._check_inputs(input_ids, attention_mask, caches)
+        if position_ids is None:  # computed once for every layer
+            held = 0 if not caches else caches[0].length
+            position_ids = torch.arange(held, held + input_ids.shape[1], device=input_ids.device)  # (L,)
         x = self.embed_tokens(input_ids)  # (B, L, E)
         mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
         hidden, maps = self.decoder(

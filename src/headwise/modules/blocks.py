@@ -54,7 +54,8 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.dropout(self.activation(self.up(x))))
+        hidden = self.activation(self.up(x))
+        return self.down(self.dropout(hidden) if self.dropout.p > 0 else hidden)
 
 
 class GatedFeedForward(nn.Module):
@@ -84,7 +85,8 @@ class GatedFeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(self.dropout(self.activation(self.gate(x)) * self.up(x)))
+        hidden = self.activation(self.gate(x)) * self.up(x)
+        return self.down(self.dropout(hidden) if self.dropout.p > 0 else hidden)
 
 
 class _Block(nn.Module):
@@ -103,6 +105,10 @@ class _Block(nn.Module):
         self.attention_norm = attention_norm
         self.feed_forward_norm = feed_forward_norm
         self.dropout = nn.Dropout(dropout)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        """Dropout on a sublayer's output (skipped without a module call when p is 0)."""
+        return self.dropout(x) if self.dropout.p > 0 else x
 
 
 class PreNormBlock(_Block):
@@ -129,8 +135,8 @@ class PreNormBlock(_Block):
             self.attention_norm(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache, need_weights=need_weights,
             position_ids=position_ids,
         )
-        x = x + self.dropout(h)
-        x = x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+        x = x + self._drop(h)
+        x = x + self._drop(self.feed_forward(self.feed_forward_norm(x)))
         return x, weights
 
 
@@ -155,8 +161,8 @@ class PostNormBlock(_Block):
             x, attn_mask=attn_mask, is_causal=is_causal, cache=cache, need_weights=need_weights,
             position_ids=position_ids,
         )
-        x = self.attention_norm(x + self.dropout(h))
-        x = self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+        x = self.attention_norm(x + self._drop(h))
+        x = self.feed_forward_norm(x + self._drop(self.feed_forward(x)))
         return x, weights
 
 

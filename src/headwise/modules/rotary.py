@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from headwise.functional.rope import apply_rotary, rotary_angles
+from headwise.functional.rope import apply_rotary, rotary_angles, rotary_frequencies
 
 __all__ = ["RotaryEmbedding"]
 
@@ -24,6 +24,7 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"RotaryEmbedding needs a positive even head_dim, got {head_dim}.")
         self.head_dim = head_dim
         self.base = base
+        self._frequencies: Tensor | None = None  # computed on first use, on the positions' device
 
     def forward(self, query: Tensor, key: Tensor, query_positions: Tensor, key_positions: Tensor) -> tuple[Tensor, Tensor]:
         """Rotate ``query`` and ``key`` by their absolute positions.
@@ -37,8 +38,16 @@ class RotaryEmbedding(nn.Module):
                 f"RotaryEmbedding was built for head_dim={self.head_dim} but the heads have "
                 f"head_dim={query.shape[-1]}."
             )
-        cos_q, sin_q = rotary_angles(query_positions, self.head_dim, base=self.base)
-        cos_k, sin_k = rotary_angles(key_positions, self.head_dim, base=self.base)
+        frequencies = self._frequencies
+        if frequencies is None or frequencies.device != query_positions.device:
+            frequencies = self._frequencies = rotary_frequencies(
+                self.head_dim, base=self.base, device=query_positions.device
+            )  # (D/2,)
+        cos_q, sin_q = rotary_angles(query_positions, self.head_dim, frequencies=frequencies)
+        if key_positions is query_positions:  # self-attention: the keys sit at the queries' positions
+            cos_k, sin_k = cos_q, sin_q
+        else:
+            cos_k, sin_k = rotary_angles(key_positions, self.head_dim, frequencies=frequencies)
         return apply_rotary(query, cos_q, sin_q), apply_rotary(key, cos_k, sin_k)
 
     def extra_repr(self) -> str:
