@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from headwise.errors import ShapeError
 from headwise.functional import attention, causal_mask
 from headwise.functional._backends.weights import WeightsBackend
 from headwise.functional._request import build_request
@@ -304,3 +305,34 @@ def test_weights_backend_float32_against_the_oracle(average):
     math64 = attention(q.double(), k.double(), v.double(), **kwargs, backend="math")
     for got, low, ref in ((out, math32[0], math64[0]), (w, math32[1], math64[1])):
         assert_close_to_oracle(got, ref, low)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "weights", "math"])
+def test_kv_index_maps_query_heads_to_kv_heads_on_every_backend(backend):
+    """Groups of unequal size: query heads 0 | 1, 2, 3 | 4 read kv heads 0, 1, 2 (K does not divide H)."""
+    kv_index = (0, 1, 1, 1, 2)
+    q, k, v = qkv(b=2, h=5, k=3, lq=6, s=6, d=4, dtype=torch.float64, requires_grad=True)
+    need_weights = backend != "sdpa"
+    out, weights = attention(q, k, v, is_causal=True, kv_index=kv_index, need_weights=need_weights, backend=backend)
+    index = torch.tensor(kv_index)
+    ref, ref_weights = attention(
+        q, k.index_select(1, index), v.index_select(1, index), is_causal=True, need_weights=True, backend="math"
+    )
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    if need_weights:
+        torch.testing.assert_close(weights, ref_weights, atol=1e-12, rtol=0)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    for got, want in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    assert grads[1][:, 1].abs().sum() > 0  # kv head 1 gathers the gradients of its three query heads
+
+
+def test_kv_index_errors():
+    q, k, v = qkv(h=4, k=2)
+    with pytest.raises(ShapeError, match=r"kv_index must give, for each of the H=4 query heads, a kv head in 0..1"):
+        attention(q, k, v, kv_index=(0, 1, 2, 1))
+    with pytest.raises(ShapeError, match=r"kv_index must give, for each of the H=4 query heads"):
+        attention(q, k, v, kv_index=(0, 1))
+    with pytest.raises(TypeError, match="kv_index must be a sequence of kv head indices"):
+        attention(q, k, v, kv_index=3)

@@ -209,12 +209,41 @@ def test_bad_containers_and_models():
         prune_heads_(torch.nn.Sequential(torch.nn.MultiheadAttention(8, 2)), {"0": [0]})
 
 
-def test_unequal_gqa_groups_are_refused():
-    layer = headwise.Attention(16, 4, num_kv_heads=2)
-    before = _snapshot(layer)
-    with pytest.raises(ValueError, match=r"query heads kept per kv head: \[1, 2\]\); headwise.Attention needs equal"):
-        prune_heads_(layer, {0: [0]})
-    assert all(torch.equal(before[0][k], v) for k, v in layer.state_dict().items())
+@pytest.mark.parametrize(
+    ("heads", "groups", "drop", "kv_index", "kv_heads"),
+    [
+        (4, 2, [0], (0, 1, 1), 2),  # groups of 1 and 2 query heads: mapped explicitly
+        (4, 2, [0, 1], None, 1),  # a whole kv group: the kv head goes, the groups stay equal
+        (4, 2, [1, 3], None, 2),  # one query head from each group: equal groups again
+        (6, 3, [0, 4, 5], (0, 1, 1), 2),  # the last group goes, the first keeps one head
+        (6, 3, [0], (0, 1, 1, 2, 2), 3),  # every kv head kept, groups of 1, 2 and 2
+    ],
+)
+def test_grouped_query_pruning_equals_masking_with_caches(heads, groups, drop, kv_index, kv_heads):
+    """Every granularity, including groups left with different numbers of query heads (float64)."""
+    layer = headwise.Attention(
+        24, heads, num_kv_heads=groups, head_dim=4, rotary=headwise.RotaryEmbedding(4), dtype=torch.float64
+    ).eval()
+    masked = copy.deepcopy(layer)
+    with torch.no_grad():
+        masked.head_gate[drop] = 0.0
+    pruned = copy.deepcopy(layer)
+    prune_heads_(pruned, {0: drop})
+    assert pruned.num_heads == heads - len(drop) and pruned.num_kv_heads == kv_heads
+    assert pruned.kv_index == kv_index
+    x = torch.randn(2, 7, 24, dtype=torch.float64)
+    pad = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    pad[1, ..., :2] = False
+    for kwargs in (dict(is_causal=True), dict(attn_mask=pad)):
+        torch.testing.assert_close(pruned(x, **kwargs)[0], masked(x, **kwargs)[0], atol=1e-12, rtol=0)
+    _, weights = pruned(x, need_weights=True)
+    _, reference = masked(x, need_weights=True)
+    kept = [h for h in range(heads) if h not in drop]
+    torch.testing.assert_close(weights, reference[:, kept], atol=1e-12, rtol=0)
+    cache = pruned.new_cache(2, 7)
+    assert cache.keys.shape[1] == kv_heads  # the cache holds only the kept kv heads
+    steps = torch.cat([pruned(x[:, t : t + 1], is_causal=True, cache=cache)[0] for t in range(7)], 1)
+    torch.testing.assert_close(steps, masked(x, is_causal=True)[0], atol=1e-12, rtol=0)
 
 
 def test_empty_lists_change_nothing_and_requires_grad_is_kept():

@@ -93,18 +93,24 @@ def test_saved_folder_loads_in_transformers_and_back(tmp_path, case):
         torch.testing.assert_close(again(ids, mask)[0], expected, atol=0, rtol=0)
 
 
-def test_pruned_model_round_trips_and_exports_zero_heads(tmp_path):
-    """Whole kv groups pruned in layer 0, query heads pruned uniformly in layer 1 (one per group)."""
+@pytest.mark.parametrize(
+    ("plan", "heads", "kv_heads", "kv_index"),
+    [
+        ({0: [2, 3], 1: [1, 3]}, (2, 2), (1, 2), (None, None)),  # a whole kv group; one query head per group
+        ({0: [0], 1: [3]}, (3, 3), (2, 2), ((0, 1, 1), (0, 0, 1))),  # groups of unequal size
+    ],
+)
+def test_pruned_model_round_trips_and_exports_zero_heads(tmp_path, plan, heads, kv_heads, kv_index):
     _, folder = _reference(tmp_path, "grouped-query, tied")
     model = hm.load(folder)
     masked = hm.load(folder)
-    plan = {0: [2, 3], 1: [1, 3]}  # layer 0 loses kv group 1; layer 1 keeps one query head per group
     with torch.no_grad():
-        for layer, heads in plan.items():
-            masked.attention_layers[layer].head_gate[heads] = 0.0
+        for layer, drop in plan.items():
+            masked.attention_layers[layer].head_gate[drop] = 0.0
     prune_heads_(model, plan)
-    assert model.num_heads == (2, 2) and model.num_kv_heads == (1, 2)
-    assert model.config.num_heads == (2, 2) and model.config.num_kv_heads == (1, 2)
+    assert model.num_heads == heads and model.num_kv_heads == kv_heads
+    assert model.config.num_heads == heads and model.config.num_kv_heads == kv_heads
+    assert model.config.kv_index == kv_index
     ids, mask = _batch()
     with torch.inference_mode():
         expected, _ = masked(ids, mask)
@@ -112,9 +118,10 @@ def test_pruned_model_round_trips_and_exports_zero_heads(tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-10, rtol=0)
     small = model.save(tmp_path / "pruned")
     config = json.loads((small / "config.json").read_text())
-    assert config["headwise_num_heads"] == [2, 2] and config["headwise_num_key_value_heads"] == [1, 2]
+    assert config["headwise_num_heads"] == list(heads) and config["headwise_num_key_value_heads"] == list(kv_heads)
     again = hm.load(small)
-    assert again.num_heads == (2, 2) and again.num_kv_heads == (1, 2)
+    assert again.num_heads == heads and again.num_kv_heads == kv_heads
+    assert tuple(layer.kv_index for layer in again.attention_layers) == kv_index
     full = model.save(tmp_path / "full", full_heads=True)
     theirs = transformers.LlamaForCausalLM.from_pretrained(full, dtype=torch.float64).eval()
     with torch.inference_mode():

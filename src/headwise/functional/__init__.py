@@ -27,6 +27,8 @@ the backends and the variants share.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor
 
 from headwise.functional import _dispatch
@@ -71,6 +73,7 @@ def attention(
     dropout_p: float = 0.0,
     need_weights: bool = False,
     average_weights: bool = False,
+    kv_index: Sequence[int] | None = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor | None]:
     """Scaled dot-product attention, softmax(Q K^T * scale + mask) V, per head.
@@ -78,7 +81,7 @@ def attention(
     Args:
         query, key, value: the projected heads.  K may be smaller than H
             (grouped-query / multi-query attention): query head ``h`` uses kv head
-            ``h // (H / K)``.
+            ``h // (H / K)``, or ``kv_index[h]`` when given.
         attn_mask: ``None``; a bool mask, ``True`` = may attend; or a float mask of the
             query's dtype added to the scores.  Broadcastable to (B, H, L, S).
         is_causal: query ``i`` attends keys ``j <= i + S - L`` (bottom-right aligned: equal
@@ -91,6 +94,9 @@ def attention(
         average_weights: return the weights averaged over heads, (B, L, S), which is what
             ``torch.nn.MultiheadAttention`` returns by default; built without holding every
             head's map.  Needs ``need_weights``.
+        kv_index: for groups of unequal size (query heads pruned inside kv groups), the kv
+            head each query head reads, one entry per query head; K need not divide H then.
+            The heads are mapped explicitly before any backend runs.
         backend: ``"auto"`` (the first in :data:`PRIORITY` that can run), ``"sdpa"``,
             ``"weights"`` or ``"math"``.  A named backend that cannot serve the call raises
             :class:`~headwise.errors.BackendError` with the reason.
@@ -104,7 +110,7 @@ def attention(
     """
     request = build_request(
         query, key, value, attn_mask=attn_mask, is_causal=is_causal, scale=scale, dropout_p=dropout_p,
-        need_weights=need_weights, average_weights=average_weights,
+        need_weights=need_weights, average_weights=average_weights, kv_index=kv_index,
     )
     return _dispatch.select(request, backend).run(request)
 

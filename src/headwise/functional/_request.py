@@ -9,13 +9,14 @@ layout and the fix); :meth:`AttentionRequest.prepared_mask` folds ``attn_mask`` 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from headwise.errors import ShapeError, fmt_shape
-from headwise.functional import _masks
+from headwise.functional import _masks, kernels
 
 __all__ = ["AttentionRequest", "PreparedMask", "Signature", "build_request"]
 
@@ -112,8 +113,16 @@ def build_request(
     dropout_p: float,
     need_weights: bool,
     average_weights: bool,
+    kv_index: Sequence[int] | None = None,
 ) -> AttentionRequest:
-    """Validate the arguments of :func:`headwise.functional.attention` and bundle them."""
+    """Validate the arguments of :func:`headwise.functional.attention` and bundle them.
+
+    With ``kv_index`` (query head h reads kv head ``kv_index[h]``) the key and value heads are
+    mapped to the query heads here, explicitly, so every backend receives one kv head per
+    query head.
+    """
+    if kv_index is not None:
+        key, value = _mapped_kv(query, key, value, kv_index)
     _check_qkv(query, key, value)
     if attn_mask is not None:
         _check_mask(attn_mask, query, key)
@@ -134,6 +143,23 @@ def build_request(
     return AttentionRequest(
         query, key, value, attn_mask, is_causal, float(scale), float(dropout_p), need_weights, average_weights
     )
+
+
+def _mapped_kv(query: Tensor, key: Tensor, value: Tensor, kv_index: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """Key and value with one head per query head, by ``kv_index``.  Shape: -> (B, H, S, D) each."""
+    if not all(isinstance(t, Tensor) and t.dim() == 4 for t in (query, key, value)):
+        return key, value  # _check_qkv explains what is wrong
+    heads, kv_heads = query.shape[1], key.shape[1]
+    if isinstance(kv_index, (str, bytes)) or not isinstance(kv_index, Sequence):
+        raise TypeError(f"kv_index must be a sequence of kv head indices (one per query head), got {type(kv_index).__name__}.")
+    values = list(kv_index)
+    if len(values) != heads or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < kv_heads for i in values):
+        raise ShapeError(
+            f"kv_index must give, for each of the H={heads} query heads, a kv head in 0..{kv_heads - 1} "
+            f"(K={kv_heads}); got {values}."
+        )
+    index = torch.tensor(values, dtype=torch.long, device=key.device)  # (H,)
+    return kernels.expand_kv(key, heads, index), kernels.expand_kv(value, heads, index)  # (B, H, S, D) each
 
 
 def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:

@@ -21,12 +21,17 @@ __all__ = [
 _HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
-def expand_kv(x: Tensor, num_heads: int) -> Tensor:
-    """Repeat each kv head for the H/K query heads that share it.
+def expand_kv(x: Tensor, num_heads: int, kv_index: Tensor | None = None) -> Tensor:
+    """Each query head's copy of its kv head.
+
+    Without ``kv_index`` query head h uses kv head h // (H/K) (groups of equal size); with it,
+    kv head ``kv_index[h]`` (groups of any size, e.g. after pruning query heads inside groups).
 
     Shape:
-        x (B, K, S, D) -> (B, H, S, D); query head h uses kv head h // (H/K).
+        x (B, K, S, D), kv_index (H,) int64 -> (B, H, S, D).
     """
+    if kv_index is not None:
+        return x.index_select(1, kv_index)  # (B, H, S, D)
     kv_heads = x.shape[1]
     if kv_heads == num_heads:
         return x

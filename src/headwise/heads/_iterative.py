@@ -66,7 +66,8 @@ def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneCo
 
     Importance is label-free (self-distillation toward the model as it is at each step,
     which after the first step is already pruned).  Each layer keeps ``config.min_heads``.
-    Layers must be plain multi-head :class:`headwise.Attention` (no grouped-query layers).
+    In grouped-query layers single query heads go; a kv head goes with its last query head,
+    and groups of unequal size are mapped explicitly (see :func:`prune_heads_`).
 
     Returns:
         the removed heads as (layer, head) in removal order, head indices counted in the
@@ -79,12 +80,6 @@ def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneCo
     if not isinstance(config, PruneConfig):
         raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}.")
     layers = gated_layers(model)
-    grouped = [i for i, layer in enumerate(layers) if layer.num_kv_heads != layer.num_heads]
-    if grouped:
-        raise ValueError(
-            f"layer {grouped[0]} is grouped-query; prune_by_importance_ ranks single query heads, which "
-            "would leave unequal kv groups. Prune such layers with prune_heads_ by whole groups."
-        )
     available = sum(max(layer.num_heads - config.min_heads, 0) for layer in layers)
     if config.remove > available:
         raise ValueError(

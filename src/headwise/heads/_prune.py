@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from headwise.modules import Attention, MultiheadAttention
 
-__all__ = ["attention_layers", "head_counts", "prune_heads_"]
+__all__ = ["attention_layers", "head_counts", "kv_heads_of", "prune_heads_"]
 
 #: The layer types whose heads headwise can remove.
 AttentionLayer = Attention | MultiheadAttention
@@ -214,17 +214,6 @@ def _check_indices(key: int | str, layer: nn.Module, indices: Sequence[int]) -> 
             "Keep one head, or set head_gate to zero to silence the whole sublayer."
         )
     drop = sorted(values)
-    if isinstance(layer, Attention) and layer.num_kv_heads != num_heads:
-        group = num_heads // layer.num_kv_heads
-        kept = [group - sum(1 for h in drop if h // group == j) for j in range(layer.num_kv_heads)]
-        counts = sorted({c for c in kept if c > 0})
-        if len(counts) > 1:
-            raise ValueError(
-                f"heads[{key!r}] leaves grouped-query kv heads with unequal numbers of query heads "
-                f"(query heads kept per kv head: {kept}); headwise.Attention needs equal groups. "
-                f"Remove the same number of query heads from every kv group you keep, or remove whole "
-                f"groups (query heads {{j*{group} .. j*{group}+{group - 1}}} share kv head j)."
-            )
     return drop
 
 
@@ -243,12 +232,27 @@ def _replace(module: nn.Module, name: str, value: Tensor) -> None:
     setattr(module, name, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
 
 
+def kv_heads_of(layer: Attention) -> list[int]:
+    """The kv head each query head of ``layer`` reads.
+
+    Shape:
+        -> [K index of query head 0, ..., of query head H-1].
+    """
+    if layer.kv_index is not None:
+        return list(layer.kv_index)
+    group = layer.num_heads // layer.num_kv_heads
+    return [h // group for h in range(layer.num_heads)]
+
+
 @torch.no_grad()
 def _prune_attention(layer: Attention, drop: list[int]) -> None:
-    heads, kv_heads, head_dim = layer.num_heads, layer.num_kv_heads, layer.head_dim
-    group = heads // kv_heads
+    heads, head_dim = layer.num_heads, layer.head_dim
+    kv_of = kv_heads_of(layer)
     keep = [h for h in range(heads) if h not in drop]
-    kv_keep = sorted({h // group for h in keep})
+    kv_keep = sorted({kv_of[h] for h in keep})  # a kv head goes when all of its query heads go
+    index = [kv_keep.index(kv_of[h]) for h in keep]  # (H',): the new kv head of each kept query head
+    group, rest = divmod(len(keep), len(kv_keep))
+    layer.kv_index = None if rest == 0 and index == [i // group for i in range(len(keep))] else tuple(index)
     device = layer.q_proj.weight.device
     q_rows, kv_rows = _rows(keep, head_dim, device), _rows(kv_keep, head_dim, device)
     for proj, rows in ((layer.q_proj, q_rows), (layer.k_proj, kv_rows), (layer.v_proj, kv_rows)):

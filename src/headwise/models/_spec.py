@@ -224,24 +224,31 @@ def checkpoint_state(
 def _pad_heads(state: dict[str, Tensor], prefix: str, layer: Attention, full: tuple[int, int]) -> None:
     """Pad one layer's projections in ``state`` to ``full`` = (H, K) heads with zero heads.
 
-    The layer has K' groups of G' query heads; each group is padded to G = H / K heads,
-    then K - K' zero groups follow.
+    The layer's query heads are grouped by the kv head they read (its ``kv_index``, or groups of
+    H'/K' consecutive heads); each kept group is padded with zero heads to G = H / K, then K - K'
+    zero groups follow, so query head h of the padded layer reads kv head h // G.
     """
     heads, kv_heads, head_dim = layer.num_heads, layer.num_kv_heads, layer.head_dim
     full_heads, full_kv = full
-    group, full_group = heads // kv_heads, full_heads // full_kv
-    if kv_heads > full_kv or group > full_group or full_heads % full_kv:
+    full_group = full_heads // full_kv
+    group_of = (
+        list(layer.kv_index) if layer.kv_index is not None else [h // (heads // kv_heads) for h in range(heads)]
+    )
+    members = [[h for h in range(heads) if group_of[h] == j] for j in range(kv_heads)]
+    if kv_heads > full_kv or full_heads % full_kv or any(len(m) > full_group for m in members):
         raise ValueError(
             f"cannot pad {prefix or 'the layer'} from {heads} query heads in {kv_heads} groups to "
             f"{full_heads} query heads in {full_kv} groups."
         )
+    slots = [slot for j, m in enumerate(members) for slot in (j * full_group + i for i in range(len(m)))]
+    order = [h for m in members for h in m]  # query heads, group by group
 
     def padded_q(t: Tensor) -> Tensor:  # (H'*D, ...) -> (H*D, ...)
         rest = t.shape[1:]
-        groups = t.reshape(kv_heads, group, head_dim, *rest)  # (K', G', D, ...)
-        groups = torch.cat([groups, groups.new_zeros(kv_heads, full_group - group, head_dim, *rest)], dim=1)  # (K', G, D, ...)
-        groups = torch.cat([groups, groups.new_zeros(full_kv - kv_heads, full_group, head_dim, *rest)])  # (K, G, D, ...)
-        return groups.reshape(full_heads * head_dim, *rest)  # (H*D, ...)
+        heads_in = t.reshape(heads, head_dim, *rest)[order]  # (H', D, ...), group by group
+        out = t.new_zeros(full_heads, head_dim, *rest)
+        out[slots] = heads_in
+        return out.reshape(full_heads * head_dim, *rest)  # (H*D, ...)
 
     def padded_kv(t: Tensor) -> Tensor:  # (K'*D, ...) -> (K*D, ...)
         return torch.cat([t, t.new_zeros((full_kv - kv_heads) * head_dim, *t.shape[1:])])

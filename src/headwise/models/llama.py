@@ -66,6 +66,7 @@ class LlamaConfig:
     pad_token_id: int | None = None
     num_heads: tuple[int, ...] = ()
     num_kv_heads: tuple[int, ...] = ()
+    kv_index: tuple[tuple[int, ...] | None, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -97,14 +98,20 @@ class LlamaConfig:
                     f"{name} must give a positive head count for each of the {layers} layers "
                     f"(num_hidden_layers), got {list(counts)}."
                 )
-        bad = [i for i, (h, k) in enumerate(zip(heads, kv_heads, strict=True)) if h % k]
-        if bad:
-            raise ValueError(
-                f"layer {bad[0]} has {heads[bad[0]]} query heads and {kv_heads[bad[0]]} kv heads; "
-                "the kv heads must divide the query heads."
-            )
+        index = tuple(None if i is None else tuple(i) for i in self.kv_index) or (None,) * layers
+        if len(index) != layers:
+            raise ValueError(f"kv_index must give one entry (a list, or null) per layer, got {len(index)} for {layers}.")
+        for i, (h, k, mapping) in enumerate(zip(heads, kv_heads, index, strict=True)):
+            if mapping is None and h % k:
+                raise ValueError(
+                    f"layer {i} has {h} query heads and {k} kv heads; the kv heads must divide the query heads "
+                    "unless kv_index maps each query head to its kv head."
+                )
+            if mapping is not None and (len(mapping) != h or any(not 0 <= j < k for j in mapping)):
+                raise ValueError(f"layer {i}'s kv_index must give each of its {h} query heads a kv head in 0..{k - 1}.")
         object.__setattr__(self, "num_heads", heads)
         object.__setattr__(self, "num_kv_heads", kv_heads)
+        object.__setattr__(self, "kv_index", index)
         if not self.rms_norm_eps > 0 or not self.rope_theta > 0:
             raise ValueError(
                 f"rms_norm_eps and rope_theta must be positive, got {self.rms_norm_eps!r} and {self.rope_theta!r}."
@@ -120,12 +127,15 @@ class LlamaConfig:
         return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
 
 
-def _block(config: LlamaConfig, heads: int, kv_heads: int, factory: dict[str, Any]) -> PreNormBlock:
+def _block(
+    config: LlamaConfig, heads: int, kv_heads: int, kv_index: tuple[int, ...] | None, factory: dict[str, Any]
+) -> PreNormBlock:
     size, eps = config.hidden_size, config.rms_norm_eps
     attention = Attention(
         size,
         heads,
         num_kv_heads=kv_heads,
+        kv_index=kv_index,
         head_dim=config.head_dim,
         bias=config.attention_bias,
         rotary=RotaryEmbedding(config.head_dim, base=config.rope_theta),
@@ -157,7 +167,8 @@ class LlamaModel(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, **factory)
-        blocks = [_block(config, h, k, factory) for h, k in zip(config.num_heads, config.num_kv_heads, strict=True)]
+        layout = zip(config.num_heads, config.num_kv_heads, config.kv_index, strict=True)
+        blocks = [_block(config, h, k, index, factory) for h, k, index in layout]
         self.decoder = CausalDecoder(blocks, norm=nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps, **factory))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, **factory)
         if config.tie_word_embeddings:
@@ -180,7 +191,10 @@ class LlamaModel(nn.Module):
 
     def refresh_head_counts(self) -> None:
         """Make the config's per-layer head counts the layers' again (called by ``prune_heads_``)."""
-        self.config = dataclasses.replace(self.config, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads)
+        self.config = dataclasses.replace(
+            self.config, num_heads=self.num_heads, num_kv_heads=self.num_kv_heads,
+            kv_index=tuple(layer.kv_index for layer in self.attention_layers),
+        )
 
     def new_caches(self, batch_size: int, max_len: int) -> list[KVCache]:
         """One preallocated :class:`~headwise.KVCache` per layer."""
@@ -280,9 +294,10 @@ _OPTIONAL: dict[str, tuple[type, Any]] = {
     "bos_token_id": (int, None),
     "pad_token_id": (int, None),
 }
-#: config.json keys with each layer's query and kv head counts (written by headwise for pruned models).
-HEADS_KEY, KV_HEADS_KEY = "headwise_num_heads", "headwise_num_key_value_heads"
-_WRITTEN = {"model_type", "architectures", HEADS_KEY, KV_HEADS_KEY, "eos_token_id", "rope_parameters"}
+#: config.json keys with each layer's query and kv head counts, and (for kv groups of unequal size)
+#: each query head's kv head, written by headwise for pruned models.
+HEADS_KEY, KV_HEADS_KEY, KV_INDEX_KEY = "headwise_num_heads", "headwise_num_key_value_heads", "headwise_kv_index"
+_WRITTEN = {"model_type", "architectures", HEADS_KEY, KV_HEADS_KEY, KV_INDEX_KEY, "eos_token_id", "rope_parameters"}
 
 
 def read_config(raw: dict[str, Any], path: Path) -> LlamaConfig:
@@ -314,6 +329,14 @@ def read_config(raw: dict[str, Any], path: Path) -> LlamaConfig:
         counts = head_counts(raw, key, path)
         if counts is not None:
             values[name] = counts
+    index = raw.get(KV_INDEX_KEY)
+    if index is not None:
+        if not isinstance(index, list) or not all(
+            entry is None or (isinstance(entry, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in entry))
+            for entry in index
+        ):
+            raise CheckpointError(f"{path}: {KV_INDEX_KEY!r} must be a list with, per layer, null or a list of kv heads.")
+        values["kv_index"] = tuple(None if entry is None else tuple(entry) for entry in index)
     extra = {key: value for key, value in raw.items() if key not in values and key not in _WRITTEN}
     try:
         return LlamaConfig(**values, extra=extra)
@@ -335,6 +358,8 @@ def write_config(config: LlamaConfig) -> dict[str, Any]:
             KV_HEADS_KEY: list(config.num_kv_heads),
         }
     )
+    if any(index is not None for index in config.kv_index):
+        raw[KV_INDEX_KEY] = [None if index is None else list(index) for index in config.kv_index]
     return raw
 
 
@@ -354,7 +379,7 @@ def _shape_hint(key: str, config: LlamaConfig) -> str:
 
 
 def _unpruned(config: LlamaConfig) -> LlamaConfig:
-    return dataclasses.replace(config, num_heads=(), num_kv_heads=())
+    return dataclasses.replace(config, num_heads=(), num_kv_heads=(), kv_index=())
 
 
 #: Llama in transformers' ``LlamaForCausalLM`` key names.

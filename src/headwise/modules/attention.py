@@ -45,6 +45,9 @@ class Attention(nn.Module):
         num_heads: H, query heads.
         num_kv_heads: K, key/value heads shared by groups of H/K query heads
             (grouped-query; 1 = multi-query).  Default H.
+        kv_index: for groups of unequal size (query heads pruned inside kv groups, see
+            :func:`headwise.heads.prune_heads_`), the kv head each query head reads, one entry
+            per query head; ``None`` (the default) is groups of H/K consecutive query heads.
         head_dim: D.  Default E / H (then H must divide E).
         bias: biases in the q/k/v/out projections.
         scale: multiplies Q K^T; ``None`` means ``1 / sqrt(D)`` (pass ``1.0`` for unscaled
@@ -74,6 +77,7 @@ class Attention(nn.Module):
         num_heads: int,
         *,
         num_kv_heads: int | None = None,
+        kv_index: tuple[int, ...] | None = None,
         head_dim: int | None = None,
         bias: bool = True,
         dropout: float = 0.0,
@@ -88,7 +92,7 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        head_dim = _check_sizes(embed_dim, num_heads, num_kv_heads, head_dim)
+        head_dim = _check_sizes(embed_dim, num_heads, num_kv_heads, head_dim, kv_index)
         for name, p in (("dropout", dropout), ("head_dropout", head_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}.")
@@ -114,6 +118,7 @@ class Attention(nn.Module):
         self.k_norm = k_norm
         self.variant = variant
         self.scale = None if scale is None else float(scale)
+        self.kv_index = None if kv_index is None else tuple(kv_index)
 
     @property
     def head_dim(self) -> int:
@@ -133,8 +138,9 @@ class Attention(nn.Module):
         """A preallocated :class:`KVCache` sized for this layer (or the variant's decoding state)."""
         gate = self.head_gate  # a plain tensor of the layer's dtype and device, also when projections are quantized
         if self.variant is not None:
+            kv_heads = self.num_kv_heads if self.kv_index is None else self.num_heads  # variants get mapped heads
             return self.variant.new_cache(
-                batch_size, max_len, num_kv_heads=self.num_kv_heads, head_dim=self.head_dim,
+                batch_size, max_len, num_kv_heads=kv_heads, head_dim=self.head_dim,
                 dtype=gate.dtype, device=gate.device,
             )
         return KVCache(batch_size, max_len, self.num_kv_heads, self.head_dim, dtype=gate.dtype, device=gate.device)
@@ -200,9 +206,12 @@ class Attention(nn.Module):
                 k, v = cache.update(k, v)  # (B, K, S_total, D)
             out, weights = attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale, dropout_p=dropout_p,
-                need_weights=need_weights,
+                need_weights=need_weights, kv_index=self.kv_index,
             )  # (B, H, L, D), (B, H, L, S) or None
         else:
+            if self.kv_index is not None:  # a variant sees one kv head per query head
+                index = torch.tensor(self.kv_index, device=k.device)  # (H,)
+                k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, D)
             out, weights = self.variant(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=self.scale, dropout_p=dropout_p,
                 need_weights=need_weights, cache=cache,
@@ -236,7 +245,8 @@ class Attention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, "
-            f"head_dim={self.head_dim}, dropout={self.dropout}, head_dropout={self.head_dropout}"
+            + ("" if self.kv_index is None else f"kv_index={list(self.kv_index)}, ")
+            + f"head_dim={self.head_dim}, dropout={self.dropout}, head_dropout={self.head_dropout}"
             + ("" if self.scale is None else f", scale={self.scale}")
         )
 
@@ -254,11 +264,22 @@ def _output_rows(proj: nn.Module) -> int:
     return proj.out_features
 
 
-def _check_sizes(embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int | None) -> int:
+def _check_sizes(
+    embed_dim: int, num_heads: int, num_kv_heads: int, head_dim: int | None, kv_index: tuple[int, ...] | None
+) -> int:
     for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
-    if num_heads % num_kv_heads != 0:
+    if kv_index is not None:
+        values = list(kv_index)
+        if len(values) != num_heads or any(
+            isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_kv_heads for i in values
+        ):
+            raise ValueError(
+                f"kv_index must give each of the num_heads={num_heads} query heads a kv head in "
+                f"0..{num_kv_heads - 1}, got {values}."
+            )
+    elif num_heads % num_kv_heads != 0:
         raise ValueError(
             f"num_kv_heads={num_kv_heads} does not divide num_heads={num_heads}; each kv head "
             f"serves num_heads / num_kv_heads query heads. Divisors of {num_heads}: "

@@ -89,6 +89,12 @@ def _plan(model: nn.Module, size: int) -> tuple[list[Attention], list[FeedForwar
             )
         if isinstance(module, Attention):
             heads, kv_heads = module.num_heads, module.num_kv_heads
+            if module.kv_index is not None:
+                raise ValueError(
+                    f"{where} has kv groups of unequal size (kv_index {list(module.kv_index)}, query heads pruned "
+                    "inside groups); shard_heads_ splits whole groups of equal size. Prune the same number of "
+                    "query heads from every group, or whole groups."
+                )
             if heads % size or kv_heads % size:
                 sizes = ", ".join(str(d) for d in divisors(math.gcd(heads, kv_heads)))
                 raise ValueError(
