@@ -109,3 +109,38 @@ def test_most_similar():
 def test_empty_texts(minilm):
     with pytest.raises(ValueError, match=r"texts is empty"):
         head_statistics(minilm, [])
+
+
+def test_causal_model_statistics_sinks_and_self_attention():
+    """A decoder: only allowed keys carry weight; sink (first tokens) and current-token shares, float64."""
+    from tests.parallel._checks import _tiny_causal_lm
+
+    model = _tiny_causal_lm(2)  # a random float64 Llama with a byte-level tokenizer
+    texts = ["The cat sat on the mat.", "A dog.", "Attention sinks hold the first token."]
+    stats = head_statistics(model, texts, batch_size=2, sink_tokens=2)
+    sums = {name: torch.zeros(2, 4, dtype=torch.float64) for name in ("cls", "sink", "self", "entropy", "distance")}
+    count = 0
+    for text in texts:  # one text at a time: no padding at all
+        features = model.tokenize([text])
+        with torch.no_grad():
+            _, maps = model(**features, output_attentions=True)
+        n = features["input_ids"].shape[1]
+        count += n
+        gap = (torch.arange(n)[:, None] - torch.arange(n)[None, :]).abs()
+        for layer, m in enumerate(maps):
+            p = m[0]  # (H, n, n)
+            assert torch.equal(p.triu(1), torch.zeros_like(p))  # a causal model: no weight on the future
+            sums["cls"][layer] += p[:, :, 0].sum(1)
+            sums["sink"][layer] += p[:, :, :2].sum((1, 2))
+            sums["self"][layer] += p.diagonal(dim1=-2, dim2=-1).sum(1)
+            sums["entropy"][layer] += -(p * p.clamp_min(1e-300).log()).sum((1, 2))
+            sums["distance"][layer] += (p * gap).sum((1, 2))
+    assert stats.num_tokens == count
+    for name, got in (
+        ("cls", stats.cls_share), ("sink", stats.sink_share), ("self", stats.self_share),
+        ("entropy", stats.entropy), ("distance", stats.distance),
+    ):
+        torch.testing.assert_close(torch.stack(got).double(), sums[name] / count, rtol=2**-23, atol=1e-12)
+    assert all(float(s.max()) == 0 for s in stats.pad_share)
+    with pytest.raises(ValueError, match="sink_tokens must be a positive int, got 0"):
+        head_statistics(model, texts, sink_tokens=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -26,8 +26,12 @@ class HeadStatistics:
     Attributes:
         entropy: entropy of the attention row, in nats (0 = one key; log S = uniform).
         distance: mean |i - j| between query i and the keys j it attends to, in tokens.
-        cls_share: attention on the first token ([CLS]).
-        sep_share: attention on the last real token ([SEP] of a one-segment text).
+        cls_share: attention on the first token ([CLS] of an encoder; a decoder's attention
+            sink, Xiao et al. 2023).
+        sink_share: attention on the first ``sink_tokens`` tokens (equal to ``cls_share`` for one).
+        self_share: attention of each query on its own position (the current token).
+        sep_share: attention on the last real token ([SEP] of a one-segment text; for a causal
+            model only the last query sees it).
         pad_share: attention on padding keys; zero when masking works (a check).
         map_similarity: (N, N) cosine similarity of two heads' attention maps on the same texts.
         output_similarity: (N, N) cosine similarity of two heads' contributions to the
@@ -45,6 +49,8 @@ class HeadStatistics:
     output_similarity: Tensor
     heads: list[tuple[int, int]]
     num_tokens: int
+    sink_share: list[Tensor] = field(default_factory=list)
+    self_share: list[Tensor] = field(default_factory=list)
 
     def most_similar(self, count: int = 10, *, kind: str = "output") -> list[tuple[tuple[int, int], tuple[int, int], float]]:
         """The ``count`` most similar pairs of distinct heads, most similar first: (head, head, cosine)."""
@@ -91,16 +97,22 @@ class HeadStatistics:
 
 
 @torch.no_grad()
-def head_statistics(model: nn.Module, texts: Sequence[str], *, batch_size: int = 32) -> HeadStatistics:
-    """Entropy, attention distance, special-token shares and redundancy of every head.
+def head_statistics(
+    model: nn.Module, texts: Sequence[str], *, batch_size: int = 32, sink_tokens: int = 1
+) -> HeadStatistics:
+    """Entropy, attention distance, special-token, sink and self shares and redundancy of every head.
 
     Accumulated batch by batch: no attention map is kept beyond its batch, and the
-    similarity matrices are (N, N) running sums.  The model is not changed.
+    similarity matrices are (N, N) running sums.  Only real (non-padding) queries count, and
+    masked keys (padding, and a causal model's future) carry no weight, so entropy and distance
+    are over the keys a query may attend.  The model is not changed.
 
     Shape:
         texts N -> per-layer (H_l,) tensors and (sum H_l, sum H_l) similarities.
     """
     texts = check_texts(model, texts)
+    if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 1:
+        raise ValueError(f"sink_tokens must be a positive int, got {sink_tokens!r}.")
     with scoring_mode(model) as layers:
         counts = [layer.num_heads for layer in layers]
         total = sum(counts)
@@ -120,7 +132,7 @@ def head_statistics(model: nn.Module, texts: Sequence[str], *, batch_size: int =
                 real = features["attention_mask"].bool()  # (b, L)
                 tokens += int(real.sum())
                 for index, weights in enumerate(maps):
-                    _accumulate_maps(weights.to(dtype), real, {k: v[index] for k, v in sums.items()})
+                    _accumulate_maps(weights.to(dtype), real, {k: v[index] for k, v in sums.items()}, sink_tokens)
                 map_gram += _map_gram(maps, real)
                 out_gram += _output_gram(layers, captured, real)
         finally:
@@ -137,10 +149,10 @@ def head_statistics(model: nn.Module, texts: Sequence[str], *, batch_size: int =
     )
 
 
-_PER_HEAD = ("entropy", "distance", "cls_share", "sep_share", "pad_share")
+_PER_HEAD = ("entropy", "distance", "cls_share", "sep_share", "pad_share", "sink_share", "self_share")
 
 
-def _accumulate_maps(weights: Tensor, real: Tensor, sums: dict[str, Tensor]) -> None:
+def _accumulate_maps(weights: Tensor, real: Tensor, sums: dict[str, Tensor], sink_tokens: int) -> None:
     """Add one layer's per-head sums over real query rows.
 
     Shape:
@@ -159,6 +171,8 @@ def _accumulate_maps(weights: Tensor, real: Tensor, sums: dict[str, Tensor]) -> 
     sums["cls_share"] += (weights[..., 0:1] * rows).sum(dim=(0, 2, 3))
     sums["sep_share"] += (weights * sep[:, None, None, :] * rows).sum(dim=(0, 2, 3))
     sums["pad_share"] += (weights * pad[:, None, None, :] * rows).sum(dim=(0, 2, 3))
+    sums["sink_share"] += (weights[..., :sink_tokens] * rows).sum(dim=(0, 2, 3))
+    sums["self_share"] += (weights.diagonal(dim1=-2, dim2=-1)[..., None] * rows).sum(dim=(0, 2, 3))
 
 
 def _map_gram(maps: Sequence[Tensor], real: Tensor) -> Tensor:
