@@ -128,7 +128,12 @@ def _tiny_causal_lm(num_kv_heads: int):
         max_position_embeddings=64, tie_word_embeddings=True,
     )
     torch.manual_seed(0)
-    return CausalLM(LlamaModel(config, dtype=torch.float64), tokenizer=tokenizer).eval()
+    network = LlamaModel(config, dtype=torch.float64)
+    with torch.no_grad():  # transformers' initialization (std 0.02): logits of a sensible size
+        for p in network.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.02)
+    return CausalLM(network, tokenizer=tokenizer).eval()
 
 
 def _decoder(mesh) -> dict:

@@ -228,14 +228,14 @@ class CausalLM(nn.Module):
         """
         logits, _ = self(features["input_ids"], features["attention_mask"])  # (B, L, V)
         scored = _next_token_positions(features["attention_mask"])  # (B, L) bool
-        return F.log_softmax(logits[scored].float(), dim=-1)  # (N, V)
+        return F.log_softmax(_at_least_float32(logits[scored]), dim=-1)  # (N, V)
 
     def loss(self, features: dict[str, Tensor]) -> Tensor:
         """Mean next-token cross-entropy over the real tokens of a batch (a scalar, with autograd)."""
         logits, _ = self(features["input_ids"], features["attention_mask"])  # (B, L, V)
         scored = _next_token_positions(features["attention_mask"])  # (B, L)
         targets = features["input_ids"][:, 1:][scored[:, :-1]]  # (N,)
-        return F.cross_entropy(logits[scored].float(), targets)
+        return F.cross_entropy(_at_least_float32(logits[scored]), targets)
 
     # -- generation -----------------------------------------------------------------------------------
 
@@ -446,7 +446,7 @@ class CausalLM(nn.Module):
             window = stream[start:end][None]  # (1, w)
             logits, _ = self.network(window)  # (1, w, V)
             first = max(previous_end - start, 1)  # score only what earlier windows did not
-            losses = F.cross_entropy(logits[0, first - 1 : -1].float(), window[0, first:], reduction="sum")
+            losses = F.cross_entropy(_at_least_float32(logits[0, first - 1 : -1]), window[0, first:], reduction="sum")
             total += float(losses)
             scored += end - start - first
             previous_end = end
@@ -526,6 +526,11 @@ class CausalLM(nn.Module):
             if p.is_floating_point():
                 return p
         raise ValueError("the network has no floating parameter to take its dtype and device from.")
+
+
+def _at_least_float32(t: Tensor) -> Tensor:
+    """Half types in float32 (softmax over a 49152-token vocabulary), float32 and float64 as they are."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def _settings(config: GenerationConfig | None, options: dict[str, Any]) -> GenerationConfig:
