@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-import headwise
 from headwise.heads import PruneConfig, fisher_importance, prune_by_importance_
 from headwise.heads._iterative import _lowest
 from tests.heads.texts import doc_sentences
@@ -95,21 +94,18 @@ def test_bad_requests_leave_the_model_unchanged(minilm):
     assert all(torch.equal(before[k], v) for k, v in minilm.state_dict().items())
 
 
-class _GroupedEncoder(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.attention = headwise.Attention(8, 4, num_kv_heads=2)
+def test_grouped_query_decoder_prunes_query_heads_and_equals_masking():
+    """A grouped-query causal LM: single query heads go, kv heads stay while a query head reads them."""
+    from tests.parallel._checks import _tiny_causal_lm
 
-    def tokenize(self, texts):
-        return {"x": torch.randn(len(texts), 3, 8), "attention_mask": torch.ones(len(texts), 3)}
-
-    def forward(self, x, attention_mask):
-        return self.attention(x)
-
-    def pool(self, hidden, attention_mask):
-        return hidden.mean(dim=1)
-
-
-def test_grouped_query_layers_are_refused():
-    with pytest.raises(ValueError, match=r"layer 0 is grouped-query; prune_by_importance_ ranks single query heads"):
-        prune_by_importance_(_GroupedEncoder(), ["a"], PruneConfig(remove=1))
+    unpruned = _tiny_causal_lm(2)  # float64, 2 layers of 4 query heads over 2 kv heads
+    model = copy.deepcopy(unpruned)
+    texts = ["The cat sat on the mat.", "def f(x): return x + 1", "Attention is all you need."]
+    removed = prune_by_importance_(model, texts, PruneConfig(remove=3, step=1, probes=1))
+    assert len(set(removed)) == 3 and sum(model.num_heads) == 5
+    masked = copy.deepcopy(unpruned)
+    with torch.no_grad():
+        for layer, head in removed:
+            masked.attention_layers[layer].head_gate[head] = 0.0
+    features = model.tokenize(texts)
+    torch.testing.assert_close(model(**features)[0], masked(**features)[0], rtol=0, atol=1e-10)
