@@ -46,10 +46,10 @@ import headwise
 import headwise.models as hm
 from gpu_check import Tee, describe, free_memory, say, sci
 from headwise import Attention, RotaryEmbedding
-from headwise.bench.encode import real_sentences
 from headwise.bench.harness import format_table
 from headwise.functional import attention
 from headwise.heads import prune_heads_
+from headwise.texts import doc_sentences
 from headwise.variants import (
     linear_attention,
     linear_attention_reference,
@@ -209,7 +209,7 @@ def _math_heads(layer: Attention, x: Tensor) -> Tensor:
 
 def texts_for(quick: bool) -> tuple[list[str], list[str]]:
     """(parity texts: short and 100+ token ones in one batch, speed texts)."""
-    sentences = real_sentences(64 if quick else 256)
+    sentences = doc_sentences(64 if quick else 256)
     long_ones = [" ".join(sentences[i : i + 8]) for i in range(0, 24, 8)]
     return sentences[:13] + long_ones, sentences
 

@@ -26,8 +26,8 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
 import headwise.models
-from headwise.cli._texts import sample_texts
 from headwise.parallel import shard_heads_
+from headwise.texts import doc_sentences
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
     mesh = init_device_mesh("cuda" if cuda else "cpu", (world // tp, tp), mesh_dim_names=("dp", "tp"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
 
-    texts = sample_texts(args.texts)
+    texts = doc_sentences(args.texts)
     dp_rank, dp_size = mesh["dp"].get_local_rank(), mesh["dp"].size()
     mine = texts[dp_rank::dp_size]  # this data-parallel rank's share; every tp rank of it gets the same
     model = headwise.models.load(device=device).eval()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from headwise import Attention, MultiheadAttention
 from headwise.modules.blocks import Encoder, encoder_block
 from headwise.quant import QuantConfig, quantize_
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 from tests.helpers import assert_close_to_oracle
 
 

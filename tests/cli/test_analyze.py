@@ -7,14 +7,14 @@ import json
 from click.testing import CliRunner
 
 from headwise.cli import main
-from headwise.cli._texts import sample_texts
+from headwise.texts import doc_sentences
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_analyze_writes_json_and_figures(tmp_path):
     texts = tmp_path / "texts.txt"
-    texts.write_text("\n".join(sample_texts(10)), encoding="utf-8")
+    texts.write_text("\n".join(doc_sentences(10)), encoding="utf-8")
     out = tmp_path / "analysis"
     result = CliRunner().invoke(main, ["analyze", "--texts", str(texts), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output

@@ -62,7 +62,7 @@ def test_bench_mha_retakes_one_length_with_its_own_budget(tmp_path, capsys):
 def test_bench_unknown_suite():
     result = CliRunner().invoke(main, ["bench", "flash"])
     assert result.exit_code == 2 and "'flash' is not one of" in result.output
-    assert set(SUITES) == {"mha", "decode", "encode", "prune", "long", "quant"}
+    assert set(SUITES) == {"mha", "decode", "encode", "prune", "long", "quant", "generate"}
 
 
 def _positive_finite(ratio: dict) -> bool:
@@ -199,9 +199,9 @@ def test_bench_quant_quick():
 
 def test_bench_quant_records_a_failed_compiled_case_and_goes_on():
     from headwise.bench import quant
-    from headwise.bench.encode import real_sentences
+    from headwise.texts import doc_sentences
 
-    texts = real_sentences(4)
+    texts = doc_sentences(4)
     results = quant.compare_compiled(texts, [0], quant.QUICK)  # encode refuses batch_size=0 before compiling
     assert results == [
         {
@@ -245,3 +245,19 @@ def test_round_robin_counts_the_page_faults_of_each_step():
     assert [len(s) for s in samples.values()] == [3, 3]
     assert faults["fresh"] >= 16  # 64 MiB is at least 32 huge pages, or 16384 small ones, per call
     assert faults["nothing"] < 1
+
+
+def test_bench_generate_quick():
+    """Every implementation loads the same GGUF file, headwise's greedy tokens equal transformers', rows per batch."""
+    result = CliRunner().invoke(main, ["bench", "generate", "--quick", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "loading the GGUF file into a ready model: transformers" in result.stderr
+    assert "floor ms/step" in result.stderr and "KV cache per token: 46080 bytes (float32)" in result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    cases = [(r["case"], r["baseline"], r["candidate"]) for r in rows]
+    assert cases == [
+        (case, "transformers", impl)
+        for case in ("decode batch 1", "decode batch 2", "prefill 64")
+        for impl in ("hw_f32", "hw_bf16", "hw_int8")
+    ]
+    assert all(_positive_finite(r["ratio"]) for r in rows)

@@ -23,6 +23,14 @@ def test_inspect_default_model_json():
     assert info["backend"] == "sdpa" and info["backend_with_weights"] == "weights"
 
 
+def test_inspect_the_decoder_by_option():
+    result = CliRunner().invoke(main, ["inspect", "--model", "SmolLM2-135M-Instruct", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["layers"] == 30 and info["heads_per_layer"] == [9] * 30 and info["kv_heads_per_layer"] == [3] * 30
+    assert info["head_dim"] == 64 and info["hidden_size"] == 576
+
+
 def test_inspect_table_and_a_pruned_folder(tmp_path):
     model = headwise.models.load()
     prune_heads_(model, {0: [0, 1, 2], 5: [11]})

@@ -47,9 +47,9 @@ def test_prune_user_errors(tmp_path):
     runner = CliRunner()
     both = runner.invoke(main, ["prune", "--fraction", "0.1", "--heads", "0:1", "--out", str(tmp_path / "a")])
     assert both.exit_code == 2 and "give exactly one of --fraction F or --heads SPEC" in both.output
-    bad = runner.invoke(main, ["prune", "--heads", "0-1", "--out", str(tmp_path / "b"), "--limit", "4"])
+    bad = runner.invoke(main, ["prune", "--heads", "0-1", "--out", str(tmp_path / "b"), "--limit", "8"])
     assert bad.exit_code == 2 and "cannot read '0-1'; write LAYER:HEAD,HEAD;LAYER:HEAD" in bad.output
-    out_of_range = runner.invoke(main, ["prune", "--heads", "0:12", "--out", str(tmp_path / "c"), "--limit", "4"])
+    out_of_range = runner.invoke(main, ["prune", "--heads", "0:12", "--out", str(tmp_path / "c"), "--limit", "8"])
     assert out_of_range.exit_code == 2 and "Traceback" not in out_of_range.output
     assert not (tmp_path / "c").exists()
 
@@ -58,3 +58,53 @@ def test_parse_heads():
     assert parse_heads("0:1,2; 5:0") == {0: [1, 2], 5: [0]}
     with pytest.raises(ValueError, match="names no heads"):
         parse_heads(";")
+    with pytest.raises(ValueError, match=r"names -1:0: layers and heads count from 0 \(no negative indices\)"):
+        parse_heads("-1:0")
+
+
+def test_prune_refuses_bad_requests_before_any_work(tmp_path):
+    """Each is one line, exit 2, and writes nothing."""
+    import headwise.models
+
+    runner = CliRunner()
+    texts = tmp_path / "three.txt"
+    texts.write_text("One text here.\nA second text.\nAnd a third one.\n", encoding="utf-8")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    folder = headwise.models.load().source
+    unwritable = "/sys/headwise-test"  # refused even to root
+    cases = [
+        (["--fraction", "nan"], "'nan' is not a number; give a share of the heads between 0 and 1"),
+        (["--fraction", "0.95"], "--fraction 0.95 would remove 68 of 72 heads, but every layer keeps at least one: "
+                                 "at most 66 can go; use --fraction 0.916 or less."),
+        (["--fraction", "0.3", "--texts", str(texts)], "prune needs at least 8 texts (half score the heads, half held "
+                                                        "apart measure the quality), got 3 texts from"),
+        (["--fraction", "0.3", "--texts", str(latin1)], f"--texts {latin1}: not UTF-8 text (byte 3 is 0xe9); save it as UTF-8."),
+        (["--heads", "-1:0"], "layers and heads count from 0"),
+        (["--fraction", "0.3", "--out", ""], "is empty; name the folder to write"),
+        (["--fraction", "0.3", "--out", unwritable], "--out /sys/headwise-test: cannot write into /sys"),
+        (["--fraction", "0.3", "--transformers-out", unwritable], "--transformers-out /sys/headwise-test: cannot write"),
+        (["--fraction", "0.3", "--out", str(texts / "x")], f"--out {texts / 'x'}: {texts} is a file; choose a folder"),
+    ]
+    for extra, message in cases:
+        args = ["prune", "--out", str(tmp_path / "out"), "--limit", "8", *extra]
+        if "--out" in extra:
+            args = ["prune", "--limit", "8", *extra]
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (extra, result.output)
+        assert message in " ".join(result.output.split()), (extra, result.output)
+        assert "Traceback" not in result.output
+        assert not (tmp_path / "out").exists()
+    same = runner.invoke(main, ["prune", str(folder), "--heads", "0:1", "--out", str(folder), "--limit", "8"])
+    assert same.exit_code == 2 and "is the model being read; write the result to another folder" in same.output
+
+
+def test_prune_counts_the_texts_it_cuts(tmp_path):
+    from headwise.texts import doc_sentences
+
+    texts = tmp_path / "texts.txt"
+    lines = doc_sentences(6) + [" ".join(["word"] * 600)] * 2
+    texts.write_text("\n".join(lines), encoding="utf-8")
+    result = CliRunner().invoke(main, ["prune", "--heads", "0:1", "--out", str(tmp_path / "p"), "--texts", str(texts)])
+    assert result.exit_code == 0, result.output
+    assert f"texts: 8 texts from {texts}; 2 of them cut to 256 tokens (the model's limit)" in result.output

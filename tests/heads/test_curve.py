@@ -17,7 +17,7 @@ from headwise.heads import (
     pruning_curve,
     random_order,
 )
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 
 CALIBRATION = doc_sentences()[30:36]
 EVALUATION = doc_sentences()[36:44]

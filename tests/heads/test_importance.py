@@ -16,7 +16,7 @@ from headwise.heads import (
     head_statistics,
     normalize_per_layer,
 )
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 
 TEXTS = [s for s in doc_sentences() if len(s) < 110][:8]  # short: ablation runs 72 passes
 

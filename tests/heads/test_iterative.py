@@ -10,7 +10,7 @@ import torch
 
 from headwise.heads import PruneConfig, fisher_importance, prune_by_importance_
 from headwise.heads._iterative import _lowest
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 
 TEXTS = doc_sentences()[20:24]
 

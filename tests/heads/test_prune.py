@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import headwise
 from headwise.heads import attention_layers, head_counts, prune_heads_
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 
 
 def _masked_attention(layer: headwise.Attention, drop: list[int]) -> headwise.Attention:
@@ -172,8 +172,9 @@ def _snapshot(model):
 @pytest.mark.parametrize(
     ("request_", "error", "match"),
     [
-        ({6: [0]}, ValueError, r"layer index 6 is out of range: the model has 6 attention layers \(indices 0..5\)"),
-        ({0: [1], 1: [12]}, ValueError, r"heads\[1\] has head index 12 but the layer has 12 heads \(indices 0..11\)"),
+        ({6: [0]}, ValueError, r"layer index 6 is out of range: the model has 6 attention layers \(indices 0..5; no negative"),
+        ({-1: [0]}, ValueError, r"layer index -1 is out of range: the model has 6 attention layers \(indices 0..5; no negative"),
+        ({0: [1], 1: [12]}, ValueError, r"heads\[1\] has head index 12 but the layer has 12 heads \(indices 0..11; no negative"),
         ({0: [-1]}, ValueError, r"head index -1 but the layer has 12 heads"),
         ({0: [1], 3: [4, 2, 4]}, ValueError, r"heads\[3\] lists head 4 more than once"),
         ({0: [1], 2: list(range(12))}, ValueError, r"removes all 12 heads of the layer; a layer keeps at least one"),

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from headwise.heads import DistillConfig, DistillResult, distill_, prune_heads_
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 
 CALIBRATION = doc_sentences()[:32]
 HELD_APART = doc_sentences()[40:56]

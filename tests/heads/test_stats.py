@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from headwise.heads import HeadStatistics, head_statistics
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 
 TEXTS = [doc_sentences()[0], "Short one.", doc_sentences()[3], "Another short text here."]
 

@@ -21,18 +21,13 @@ import torch
 import torch.nn.functional as F
 
 import headwise.models as hm
+from headwise.texts import doc_sentences
 from tests.helpers import assert_close_to_oracle
 
 transformers = pytest.importorskip("transformers")
 
 
-def _doc_sentences() -> list[str]:
-    from pydoc_data.topics import topics
-
-    return [s.strip() + "." for s in " ".join(topics["assert"].split()).split(". ") if len(s) > 40]
-
-
-SENTENCES = _doc_sentences()
+SENTENCES = doc_sentences()[:40]  # the first topic's sentences: assert statements
 # three short sentences, one long paragraph (100+ tokens), and one with stray whitespace
 TEXTS = [SENTENCES[0], " ".join(SENTENCES[:8]), SENTENCES[1], "  " + SENTENCES[2] + "\n", "Hello world."]
 
@@ -157,20 +152,16 @@ def test_encode_matches_sentence_transformers_recipe(model, reference):
     assert model.encode([]).shape == (0, 384)
 
 
-def test_encode_batches_by_token_count(model, monkeypatch):
+def test_encode_batches_by_token_count(model):
     """Batches are cut by token count (not characters), windows included; each text's embedding is unchanged."""
     # code-heavy prose: characters are a poor proxy for tokens
-    from headwise.bench.encode import real_sentences
-    from headwise.models import _sentence
-
-    texts = [*real_sentences(21), "x" * 60, "Hi.", "a b c d e f g h i j k l m n o p"]
+    texts = [*doc_sentences(21), "x" * 60, "Hi.", "a b c d e f g h i j k l m n o p"]
     double = hm.load(dtype=torch.float64)  # padding changes nothing: an identity, in float64
     alone = torch.cat([double.encode([t]) for t in texts])  # (N, E), no padding at all
-    monkeypatch.setattr(_sentence, "ENCODE_WINDOW", 2)  # windows of 2 batches: several tokenizer calls
     seen = []
     hook = double.network.embeddings.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
     try:
-        got = double.encode(texts, batch_size=4)
+        got = double.encode(texts, batch_size=4, _window=2)  # windows of 2 batches: several tokenizer calls
     finally:
         hook.remove()
     torch.testing.assert_close(got, alone, atol=1e-10, rtol=0)

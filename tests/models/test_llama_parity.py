@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import headwise.models as hm
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 from tests.helpers import assert_close_to_oracle, float64_llama_norms
 
 transformers = pytest.importorskip("transformers")

@@ -14,7 +14,7 @@ from headwise import Attention, MultiheadAttention
 from headwise.heads import prune_heads_
 from headwise.modules.blocks import Encoder, encoder_block
 from headwise.quant import QuantConfig, QuantizedMultiheadAttention, load_quantized, quantize_, save_quantized
-from tests.heads.texts import doc_sentences
+from headwise.texts import doc_sentences
 from tests.helpers import assert_close_to_oracle
 
 WEIGHT_ONLY = QuantConfig(mode="int8_weight_only")

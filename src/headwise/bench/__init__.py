@@ -6,18 +6,26 @@ round as median (min) (see :mod:`headwise.bench.harness`).  A suite is a module 
 ``main(argv) -> int`` (its detailed tables; ``--quick``, ``--json PATH`` and its own
 options: ``python -m headwise.bench.mha --help``) and ``summarize(report) -> list[Row]``.
 
-====== ===========================================================================
-mha    headwise.MultiheadAttention against torch.nn.MultiheadAttention (and Linear + SDPA)
-decode headwise.Attention's KV cache against recomputing the prefix and a hand-written cache
-encode all-MiniLM-L6-v2 sentence encoding against transformers' BertModel (needs transformers)
-prune  a head-pruned all-MiniLM-L6-v2 against the unpruned model
-long   full SDPA against window-512 and linear attention at L = 2k to 64k (about 8 minutes)
-quant  int8 (both QuantConfig modes) and bfloat16 MiniLM against float32, eager and compiled
-       (needs torchao)
-====== ===========================================================================
+======== ===========================================================================
+mha      headwise.MultiheadAttention against torch.nn.MultiheadAttention (and Linear + SDPA)
+decode   headwise.Attention's KV cache against recomputing the prefix and a hand-written cache
+encode   all-MiniLM-L6-v2 sentence encoding against transformers' BertModel (needs transformers)
+prune    a head-pruned all-MiniLM-L6-v2 against the unpruned model
+long     full SDPA against window-512 and linear attention at L = 2k to 64k (about 8 minutes)
+quant    int8 (both QuantConfig modes) and bfloat16 MiniLM against float32, eager and compiled
+         (needs torchao)
+generate SmolLM2-135M-Instruct's prefill and decode against transformers' ``generate``, float32,
+         bfloat16 and int8 weight-only, beside the bandwidth-bound floor (needs transformers)
+======== ===========================================================================
 
-``memory=True`` (``headwise bench --memory``) adds the peak-memory processes of the mha
-and long suites; without it they are skipped (``--no-memory``).
+``memory=True`` (``headwise bench --memory``) adds the peak-memory processes of the mha,
+long and generate suites; without it they are skipped (``--no-memory``).
+
+Besides the suites, the measuring pieces other workflows reuse are public here:
+:class:`Budget` (how long to time a comparison) and :func:`compare_speed` (a pruned
+sentence encoder against the unpruned one, which ``headwise report`` shows).  The suites
+live in the package, not in ``benchmarks/``, because ``headwise bench`` is a user feature:
+a user checks headwise's claims on their own machine with the installed command.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from headwise.bench.harness import Ratio, Row
+from headwise.bench.harness import Budget, Ratio, Row
+from headwise.bench.prune import compare_speed
 
-__all__ = ["SUITES", "Ratio", "Row", "missing_reference", "run_suite"]
+__all__ = ["SUITES", "Budget", "Ratio", "Row", "compare_speed", "missing_reference", "run_suite"]
 
 #: suite name -> module
 SUITES = {
@@ -40,11 +49,12 @@ SUITES = {
     "prune": "headwise.bench.prune",
     "long": "headwise.bench.long",
     "quant": "headwise.bench.quant",
+    "generate": "headwise.bench.generate",
 }
 #: packages a suite needs beyond headwise's own dependencies (a reference, or an extra's library)
-_NEEDS = {"encode": "transformers", "quant": "torchao"}
+_NEEDS = {"encode": "transformers", "quant": "torchao", "generate": "transformers"}
 #: suites whose peak-memory section runs only when memory is asked for
-_MEMORY_SECTIONS = ("mha", "long")
+_MEMORY_SECTIONS = ("mha", "long", "generate")
 
 
 def missing_reference(suite: str) -> str | None:

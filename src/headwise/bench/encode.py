@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -41,28 +40,12 @@ from torch import Tensor
 
 import headwise.models
 from headwise.bench import harness as hx
+from headwise.texts import doc_sentences
 
 THREADS = 2
 TOLERANCE = 1e-5  # max abs difference of the two implementations' embeddings
 FULL = hx.Budget(seconds=20.0, min_rounds=5, max_rounds=15, min_sample_s=0.0, max_inner=1)
 QUICK = hx.Budget(seconds=1.0, min_rounds=3, max_rounds=3, min_sample_s=0.0, max_inner=1)
-
-
-def real_sentences(count: int) -> list[str]:
-    """``count`` English sentences from CPython's bundled documentation, in a fixed order."""
-    from pydoc_data.topics import topics
-
-    text = re.sub(r"\s+", " ", " ".join(topics[key] for key in sorted(topics)))
-    sentences = [
-        s
-        for s in re.split(r"(?<=[.!?])\s+", text)
-        if 40 <= len(s) <= 300 and s[0].isupper() and not any(c in s for c in "*`>|=")
-    ]
-    step = max(1, len(sentences) // count)
-    picked = sentences[::step][:count]
-    if len(picked) < count:
-        raise SystemExit(f"only {len(picked)} sentences available, asked for {count}")
-    return picked
 
 
 def transformers_encode(
@@ -135,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = QUICK if args.quick else FULL
     model = headwise.models.load()
     reference = BertModel.from_pretrained(model.source, attn_implementation="sdpa").eval()
-    texts = real_sentences(count)
+    texts = doc_sentences(count)
     tokens = model.tokenize(texts)["attention_mask"].sum(dim=1).float()
 
     print(f"encode {count} sentences with all-MiniLM-L6-v2 ({model.source})")

@@ -10,6 +10,8 @@ under ``torch.inference_mode`` with 2 threads, greedy, round-robin after a warm-
 * ``hw_bf16``: the same with bfloat16 weights (``dtype=torch.bfloat16``)
 * ``hw_int8``: float32 with int8 weight-only projections (``headwise.quant.quantize_``; needs torchao)
 
+Each model's load time (file to a ready model, quantization included) is printed first.
+
 Decode tokens/s: (time of N + 1 new tokens - time of 1 new token) / N per round, so the
 prefill is not counted; at batch 1 and 8 (the same prompt repeated).  Prefill tokens/s: one
 forward pass over 1024 prompt tokens that returns the last position's logits.  Every row
@@ -159,9 +161,9 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def prompt_ids(model, batch: int, length: int | None = None) -> torch.Tensor:
     """Real text (Python's bundled docs) as token ids, the same row ``batch`` times.  Shape: -> (B, P)."""
-    from headwise.bench.encode import real_sentences
+    from headwise.texts import doc_sentences
 
-    text = " ".join(real_sentences(200))
+    text = " ".join(doc_sentences(200))
     ids = model.tokenize([text])["input_ids"][0]
     ids = ids[: length if length is not None else 24]
     return ids[None].repeat(batch, 1)
@@ -182,7 +184,11 @@ def agreement(models: dict, config: Config) -> dict[str, float]:
 
 def bench(config: Config, impls: Sequence[str]) -> dict:
     torch.manual_seed(0)
-    models = {impl: load(impl) for impl in impls}
+    models, load_seconds = {}, {}
+    for impl in impls:
+        start = time.perf_counter()
+        models[impl] = load(impl)
+        load_seconds[impl] = time.perf_counter() - start
     bandwidth = copy_bandwidth()
     hw = models["hw_f32"]
     check = prompt_ids(hw, 1)
@@ -225,6 +231,7 @@ def bench(config: Config, impls: Sequence[str]) -> dict:
     cache_bytes = _kv_bytes(hw.config, 4), _kv_bytes(hw.config, 2)
     return {
         "config": asdict(config),
+        "load_seconds": load_seconds,
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "weight_bytes": {impl: weight_bytes(models[impl]) for impl in impls},
         "floor_s_per_step": floors,
@@ -274,6 +281,8 @@ def measure_peaks(impls: Sequence[str], tokens: int) -> dict[str, dict[str, floa
 def tables(report: dict) -> str:
     floors = report["floor_s_per_step"]
     lines = [
+        "loading the GGUF file into a ready model: "
+        + ", ".join(f"{impl} {s:.1f} s" for impl, s in report["load_seconds"].items()),
         f"copy bandwidth {report['copy_bandwidth_gb_s']:.1f} GB/s (read + write); weights read per step: "
         + ", ".join(f"{impl} {b / 1e6:.0f} MB" for impl, b in report["weight_bytes"].items()),
     ]

@@ -32,8 +32,8 @@ import torch
 
 import headwise.models
 from headwise.bench import harness as hx
-from headwise.bench.encode import real_sentences
 from headwise.heads import PruneConfig, agreement, prune_by_importance_
+from headwise.texts import doc_sentences
 
 THREADS = 2
 FULL = hx.Budget(seconds=20.0, min_rounds=5, max_rounds=15, min_sample_s=0.0, max_inner=1)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     count = args.texts or (64 if args.quick else 256)
     model = headwise.models.load()
-    sentences = real_sentences(count + 64)
+    sentences = doc_sentences(count + 64)
     texts, calibration = sentences[:count], sentences[count:]
     if args.pruned is not None:
         pruned = headwise.models.load(args.pruned)

@@ -53,8 +53,8 @@ import torch.nn.functional as F
 
 import headwise.models
 from headwise.bench import harness as hx
-from headwise.bench.encode import real_sentences
 from headwise.quant import MODES, QuantConfig, quantize_, save_quantized
+from headwise.texts import doc_sentences
 
 THREADS = 2
 FULL = hx.Budget(seconds=30.0, min_rounds=3, max_rounds=10, min_sample_s=0.0, max_inner=1)
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     count = args.texts or (32 if args.quick else 128)
     compile_batch_sizes = args.compile_batch_sizes or ([8] if args.quick else args.batch_sizes)
     budget = QUICK if args.quick else FULL
-    texts = real_sentences(count)
+    texts = doc_sentences(count)
     models = {name: build(name) for name in (BASELINE, *CANDIDATES)}
     print(
         f"all-MiniLM-L6-v2, {count} sentences; torch {torch.__version__}, {THREADS} threads; {hx.load_line('start')}"

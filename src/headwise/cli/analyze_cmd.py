@@ -7,23 +7,30 @@ from pathlib import Path
 
 import click
 
-from headwise.cli._texts import read_texts
+from headwise.cli._output import OutFolder, check_writable, staged_folder
+from headwise.cli._texts import cut_note, read_texts
 from headwise.cli.inspect_cmd import DEFAULT_MODEL
 
 
 def analyze(model_ref: str, texts_path: str | None, out: Path, *, limit: int, threshold: float) -> dict[str, object]:
-    """Score and describe every head; write analysis.json and the figures into ``out``."""
+    """Score and describe every head; write analysis.json and the figures into ``out`` (whole or not at all)."""
+    texts, source = read_texts(texts_path, limit=limit)
+    check_writable(out, "--out")
+    with staged_folder(out) as folder:
+        return _analyze(model_ref, texts, source, folder, threshold=threshold)
+
+
+def _analyze(model_ref: str, texts: list[str], source: str, out: Path, *, threshold: float) -> dict[str, object]:
     from rich.progress import Progress
 
     import headwise.models
     from headwise.heads import fisher_importance, head_statistics
     from headwise.viz import layer_head_heatmap, similarity_heatmap
 
-    texts, source = read_texts(texts_path, limit=limit)
-    out.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as progress:
         task = progress.add_task("loading the model", total=4)
         model = headwise.models.load(model_ref)
+        source += cut_note(model, texts)
         progress.update(task, advance=1, description=f"scoring heads on {len(texts)} texts")
         importance = fisher_importance(model, texts)
         progress.update(task, advance=1, description="attention statistics")
@@ -57,8 +64,8 @@ def analyze(model_ref: str, texts_path: str | None, out: Path, *, limit: int, th
 
 @click.command("analyze")
 @click.argument("model", default=DEFAULT_MODEL)
-@click.option("--texts", "texts_path", type=click.Path(dir_okay=False), help="One text per line (default: sentences of Python's docs).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("headwise-analysis"), show_default=True)
+@click.option("--texts", "texts_path", type=click.Path(dir_okay=False, allow_dash=True), help="One text per line, - for standard input (default: sentences of Python's docs).")
+@click.option("--out", type=OutFolder(), default=Path("headwise-analysis"), show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="Use at most this many texts.")
 @click.option("--threshold", type=click.FloatRange(-1.0, 1.0, min_open=True), default=0.8, show_default=True, help="Output similarity that makes two heads redundant.")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")

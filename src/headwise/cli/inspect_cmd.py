@@ -9,6 +9,19 @@ import torch
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
+#: the ``--model`` option of the commands that also take MODEL as their first argument
+model_option = click.option(
+    "--model", "model_option", default=None, metavar="MODEL",
+    help="The model, as an option (e.g. SmolLM2-135M-Instruct); the same as the MODEL argument.",
+)
+
+
+def pick_model(argument: str | None, option: str | None) -> str:
+    """The model named by the MODEL argument or by ``--model`` (not two different ones), else the default."""
+    if argument is not None and option is not None and argument != option:
+        raise click.UsageError(f"MODEL {argument!r} and --model {option!r} disagree; name the model once.")
+    return argument or option or DEFAULT_MODEL
+
 
 def describe(model_ref: str) -> dict[str, object]:
     """What ``inspect`` reports about a model, as plain data."""
@@ -45,17 +58,19 @@ def describe(model_ref: str) -> dict[str, object]:
 
 
 @click.command("inspect")
-@click.argument("model", default=DEFAULT_MODEL)
+@click.argument("model", required=False)
+@model_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def inspect_command(model: str, as_json: bool) -> None:
+def inspect_command(model: str | None, model_option: str | None, as_json: bool) -> None:
     """Layers, heads per layer, head dim, parameters, and which attention backend runs.
 
     \b
     Examples:
       headwise inspect
       headwise inspect ./minilm-pruned --json
+      headwise inspect --model SmolLM2-135M-Instruct
     """
-    info = describe(model)
+    info = describe(pick_model(model, model_option))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from pathlib import Path
 
 import click
 
-from headwise.cli._texts import read_texts
+from headwise.cli._output import Fraction, OutFolder, check_writable, staged_folder
+from headwise.cli._texts import cut_note, read_texts
 from headwise.cli.inspect_cmd import DEFAULT_MODEL
 
 
@@ -26,6 +28,11 @@ def parse_heads(spec: str) -> dict[int, list[int]]:
             raise ValueError(
                 f"--heads {spec!r}: cannot read {part!r}; write LAYER:HEAD,HEAD;LAYER:HEAD, e.g. '0:1,2;5:0'."
             ) from None
+    negative = [f"{layer}:{h}" for layer, heads in plan.items() for h in heads if layer < 0 or h < 0]
+    if negative:
+        raise ValueError(
+            f"--heads {spec!r} names {', '.join(negative)}: layers and heads count from 0 (no negative indices)."
+        )
     if not plan:
         raise ValueError(f"--heads {spec!r} names no heads; write LAYER:HEAD,HEAD;LAYER:HEAD, e.g. '0:1,2;5:0'.")
     return plan
@@ -50,14 +57,18 @@ def _encode_seconds(model, texts: list[str], repeats: int = 3) -> float:
     return sorted(times)[len(times) // 2]
 
 
+#: texts prune needs: half score heads, half (at least 4) measure the quality
+MIN_TEXTS = 8
+
+
 @click.command("prune")
 @click.argument("model", default=DEFAULT_MODEL)
-@click.option("--fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), help="Share of all heads to remove, least important first.")
+@click.option("--fraction", type=Fraction(), help="Share of all heads to remove, least important first.")
 @click.option("--heads", "spec", help="Heads to remove, e.g. '0:1,2;5:0' (layer:heads).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Folder for the pruned model (smaller layers; headwise.models.load reads it).")
-@click.option("--transformers-out", type=click.Path(file_okay=False, path_type=Path), help="Also write a copy transformers' BertModel reads: pruned heads padded back as all-zero heads, same outputs.")
-@click.option("--texts", "texts_path", type=click.Path(dir_okay=False), help="One text per line: the first half scores heads, the second measures quality (default: Python's docs).")
-@click.option("--limit", type=click.IntRange(min=4), default=64, show_default=True, help="Use at most this many texts.")
+@click.option("--out", type=OutFolder(), required=True, help="Folder for the pruned model (smaller layers; headwise.models.load reads it).")
+@click.option("--transformers-out", type=OutFolder(), help="Also write a copy transformers' BertModel reads: pruned heads padded back as all-zero heads, same outputs.")
+@click.option("--texts", "texts_path", type=click.Path(dir_okay=False, allow_dash=True), help="One text per line (- for standard input): the first half scores heads, the second measures quality (default: Python's docs).")
+@click.option("--limit", type=click.IntRange(min=8), default=64, show_default=True, help="Use at most this many texts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def prune_command(
     model: str,
@@ -88,23 +99,42 @@ def prune_command(
         raise click.UsageError("give exactly one of --fraction F or --heads SPEC.")
     from rich.progress import Progress
 
+    plan = None if spec is None else parse_heads(spec)
     texts, source = read_texts(texts_path, limit=limit)
+    if len(texts) < MIN_TEXTS:
+        raise click.UsageError(
+            f"prune needs at least {MIN_TEXTS} texts (half score the heads, half held apart measure the quality), "
+            f"got {source}; give more with --texts or a larger --limit."
+        )
+    source_path = Path(model) if Path(model).exists() else None
+    check_writable(out, "--out", source=source_path)
+    if transformers_out is not None:
+        check_writable(transformers_out, "--transformers-out", source=source_path)
+        if transformers_out.resolve() == out.resolve():
+            raise click.UsageError(f"--out and --transformers-out are both {out}; give two folders.")
     half = len(texts) // 2
     calibration, evaluation = texts[:half], texts[half:]
     with Progress(transient=True) as progress:
         task = progress.add_task("loading the model", total=5)
         original = headwise.models.load(model)
-        pruned = copy.deepcopy(original)
+        source += cut_note(original, texts)
         total = sum(original.num_heads)
+        if fraction is not None:
+            count = round(fraction * total)
+            can_go = sum(h - 1 for h in original.num_heads)  # every layer keeps a head
+            if count < 1:
+                raise click.UsageError(f"--fraction {fraction} of {total} heads removes none; use a larger fraction.")
+            if count > can_go:
+                raise click.UsageError(
+                    f"--fraction {fraction} would remove {count} of {total} heads, but every layer keeps at least one: "
+                    f"at most {can_go} can go; use --fraction {math.floor(can_go / total * 1000) / 1000} or less."
+                )
+        pruned = copy.deepcopy(original)
         progress.update(task, advance=1, description="pruning")
-        if spec is not None:
-            plan = parse_heads(spec)
+        if plan is not None:
             prune_heads_(pruned, plan)
             removed = [(layer, head) for layer, heads in sorted(plan.items()) for head in sorted(heads)]
         else:
-            count = round(fraction * total)
-            if count < 1:
-                raise ValueError(f"--fraction {fraction} of {total} heads removes none; use a larger fraction.")
             progress.update(task, description=f"pruning {count} heads by importance on {len(calibration)} texts")
             removed = prune_by_importance_(pruned, calibration, PruneConfig(remove=count, step=max(1, count // 8)))
         progress.update(task, advance=1, description=f"quality on {len(evaluation)} held-apart texts")
@@ -112,9 +142,11 @@ def prune_command(
         progress.update(task, advance=1, description="encode speed before and after")
         before, after = _encode_seconds(original, evaluation), _encode_seconds(pruned, evaluation)
         progress.update(task, advance=1, description="saving")
-        pruned.save(out)
-        if transformers_out is not None:
-            pruned.save(transformers_out, full_heads=True)
+        with staged_folder(out) as folder:  # both folders are written whole, or neither
+            pruned.save(folder)
+            if transformers_out is not None:
+                with staged_folder(transformers_out) as full:
+                    pruned.save(full, full_heads=True)
         progress.update(task, advance=1)
     result = {
         "model": model,
@@ -130,10 +162,13 @@ def prune_command(
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    click.echo(f"texts: {source}")
     click.echo(f"removed {len(removed)} of {total} heads; heads per layer now {', '.join(map(str, result['heads_after']))}")
+    pairs = len(evaluation) * (len(evaluation) - 1) // 2
+    caveat = f" (over only {pairs} pairs of texts: a rough figure)" if pairs < 45 else ""
     click.echo(
         f"quality on {len(evaluation)} held-apart texts: cosine {quality['cosine']:.4f}, "
-        f"Spearman of similarities {quality['spearman']:.4f}"
+        f"Spearman of similarities {quality['spearman']:.4f}{caveat}"
     )
     click.echo(f"encode {len(evaluation)} texts: {before * 1e3:.1f} ms -> {after * 1e3:.1f} ms ({before / after:.2f}x)")
     click.echo(f"saved to {out}" + ("" if transformers_out is None else f" and, for transformers, {transformers_out}"))

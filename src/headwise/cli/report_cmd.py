@@ -8,17 +8,18 @@ from pathlib import Path
 
 import click
 
+from headwise.cli._output import Fraction, OutFolder, check_writable, staged_folder
 from headwise.cli._texts import read_texts
 from headwise.cli.inspect_cmd import DEFAULT_MODEL
 
 
 @click.command("report")
 @click.argument("model", default=DEFAULT_MODEL)
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("headwise-report"), show_default=True)
-@click.option("--texts", "texts_path", type=click.Path(dir_okay=False), help="One text per line: the first half scores heads, the second is held apart (default: Python's docs).")
+@click.option("--out", type=OutFolder(), default=Path("headwise-report"), show_default=True)
+@click.option("--texts", "texts_path", type=click.Path(dir_okay=False, allow_dash=True), help="One text per line (- for standard input): the first half scores heads, the second is held apart (default: Python's docs).")
 @click.option("--limit", type=click.IntRange(min=8), default=64, show_default=True, help="Use at most this many texts.")
 @click.option("--text", "sample_text", help="The text whose attention maps are shown (default: the first held-apart text).")
-@click.option("--fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.3, show_default=True, help="Share of heads removed in the pruned model whose speed is measured.")
+@click.option("--fraction", type=Fraction(), default=0.3, show_default=True, help="Share of heads removed in the pruned model whose speed is measured.")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Random orders in the pruning curve's baseline.")
 @click.option("--threshold", type=click.FloatRange(-1.0, 1.0, min_open=True), default=0.8, show_default=True, help="Output similarity that makes two heads redundant.")
 @click.option("--map-threshold", type=click.FloatRange(-1.0, 1.0, min_open=True), default=0.95, show_default=True, help="Attention-map similarity that makes two heads redundant.")
@@ -49,15 +50,16 @@ def report_command(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from headwise.viz.report import ReportSettings, report_steps, write_report
+    from headwise.report import ReportSettings, report_steps, write_report
 
     settings = ReportSettings(fraction=fraction, seeds=seeds, threshold=threshold, map_threshold=map_threshold)
     texts, source = read_texts(texts_path, limit=limit)
     if sample_text is not None and not sample_text.strip():
         raise ValueError("--text is empty; give the text whose attention maps to show.")
+    check_writable(out, "--out")
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, transient=True) as progress:
+    with staged_folder(out) as folder, Progress(*columns, transient=True) as progress:
         task = progress.add_task("starting", total=report_steps(settings))
         first = [True]
 
@@ -66,7 +68,7 @@ def report_command(
             first[0] = False
 
         report = write_report(
-            model, out, texts=texts, source=source, sample_text=sample_text, settings=settings, on_step=on_step
+            model, folder, texts=texts, source=source, sample_text=sample_text, settings=settings, on_step=on_step
         )
         progress.update(task, completed=report_steps(settings))
     if as_json:

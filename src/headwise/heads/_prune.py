@@ -162,10 +162,10 @@ def _resolve(model: nn.Module, layers: list[tuple[str, nn.Module]], key: int | s
                 f"{type(model).__name__} has no headwise attention layer (headwise.Attention or "
                 "headwise.MultiheadAttention); convert torch's layers with headwise.replace_mha_ first."
             )
-        if not -len(layers) <= key < len(layers):
+        if not 0 <= key < len(layers):
             raise ValueError(
                 f"layer index {key} is out of range: the model has {len(layers)} attention layers "
-                f"(indices 0..{len(layers) - 1})."
+                f"(indices 0..{len(layers) - 1}; no negative indices)."
             )
         return layers[key]
     modules = dict(model.named_modules())
@@ -203,7 +203,7 @@ def _check_indices(key: int | str, layer: nn.Module, indices: Sequence[int]) -> 
     if outside:
         raise ValueError(
             f"heads[{key!r}] has head index {outside[0]} but the layer has {num_heads} heads "
-            f"(indices 0..{num_heads - 1}); indices count the layer's current heads."
+            f"(indices 0..{num_heads - 1}; no negative indices); indices count the layer's current heads."
         )
     if len(set(values)) != len(values):
         dup = next(h for h in values if values.count(h) > 1)

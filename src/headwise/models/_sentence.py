@@ -26,11 +26,8 @@ if TYPE_CHECKING:
 
     from headwise.modules import Attention
 
-__all__ = ["ENCODE_WINDOW", "POOLING_MODES", "SentenceConfig", "SentenceEncoder", "pool"]
+__all__ = ["POOLING_MODES", "SentenceConfig", "SentenceEncoder", "pool"]
 
-#: :meth:`SentenceEncoder.encode` tokenizes this many batches at a time and sorts them by token
-#: count (a bound on the token ids held at once, however many texts come in).
-ENCODE_WINDOW = 64
 
 #: Pooling modes headwise reproduces, in the order sentence-transformers concatenates them.
 POOLING_MODES: tuple[str, ...] = ("cls", "max", "mean", "mean_sqrt_len")
@@ -392,7 +389,7 @@ class SentenceEncoder(nn.Module):
         return self.pool(hidden, features["attention_mask"])  # (b, P)
 
     def encode(
-        self, texts: str | Sequence[str], *, batch_size: int = 32, normalize: bool | None = None
+        self, texts: str | Sequence[str], *, batch_size: int = 32, normalize: bool | None = None, _window: int = 64
     ) -> Tensor:
         """Sentence embeddings, the ones sentence-transformers' ``encode`` computes, in tighter batches.
 
@@ -400,7 +397,7 @@ class SentenceEncoder(nn.Module):
         rounding): tokens truncated to ``max_seq_length``, run in eval mode under
         ``torch.inference_mode``, pooled over its real tokens and (by default, when the
         folder's modules.json says so, as for all-MiniLM-L6-v2) L2-normalized.  Only the
-        batching differs: texts are tokenized :data:`ENCODE_WINDOW` batches at a time and
+        batching differs: texts are tokenized 64 batches at a time (a bound on the token ids held at once) and
         cut into batches of ``batch_size`` by token count, longest first, each padded to
         its longest text; sentence-transformers sorts by characters, a looser proxy that
         pads more (26% more positions at batch 32 on ``headwise bench encode``'s texts).
@@ -426,7 +423,7 @@ class SentenceEncoder(nn.Module):
         self.eval()
         try:
             with torch.inference_mode():
-                window = ENCODE_WINDOW * batch_size
+                window = _window * batch_size
                 for first in range(0, len(batch), window):
                     features = self.tokenize(batch[first : first + window])  # (n, L) each
                     real = features["attention_mask"]  # (n, L)
@@ -468,9 +465,10 @@ class SentenceEncoder(nn.Module):
 
 
 def as_text_list(texts: str | Sequence[str]) -> list[str]:
-    """``texts`` as a list of str, or a TypeError naming the first non-str entry."""
+    """``texts`` as a list of str: a TypeError naming the first non-str entry, a ValueError the first
+    that is not valid Unicode (e.g. bytes of another encoding that reached Python as surrogates)."""
     if isinstance(texts, str):
-        return [texts]
+        texts = [texts]
     if not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}.")
     bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
@@ -478,4 +476,12 @@ def as_text_list(texts: str | Sequence[str]) -> list[str]:
         raise TypeError(
             f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str; every text must be a str."
         )
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(
+                f"text {i} is not valid Unicode at character {err.start} ({text[err.start]!r}): "
+                "it was probably read as bytes of another encoding; decode it (or save the file) as UTF-8."
+            ) from None
     return list(texts)

@@ -1,15 +1,29 @@
-"""Pictures of heads: per-layer heatmaps and head-by-head similarity (matplotlib, ``viz`` extra)."""
+"""Pictures of heads: per-layer heatmaps, head-by-head similarity (matplotlib, ``viz`` extra), and the
+self-contained HTML pages they go into (every image inline, no network)."""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from headwise.viz import _html
+from headwise.viz._html import figure as html_figure
+from headwise.viz._html import page as html_page
+from headwise.viz._html import picker as html_picker
+from headwise.viz._html import table as html_table
+
 __all__ = [
     "attention_map_png",
+    "attention_page",
+    "head_map_pngs",
+    "html_figure",
+    "html_page",
+    "html_picker",
+    "html_table",
     "layer_grid_png",
     "layer_head_heatmap",
     "pruning_curve_png",
@@ -188,3 +202,24 @@ def speedup_png(labels: Sequence[str], ratios: Sequence[float], path: str | Path
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def head_map_pngs(tokens: Sequence[str], maps: Sequence[Tensor]) -> list[list[bytes]]:
+    """Every head's map as PNG bytes, ``[layer][head]``.
+
+    Shape:
+        maps: one (H_l, L, L) tensor per layer; tokens (L,).
+    """
+    return [
+        [attention_map_png(m[h], tokens, title=f"layer {i}, head {h}") for h in range(m.shape[0])]
+        for i, m in enumerate(maps)
+    ]
+
+
+def attention_page(model_ref: str, text: str, tokens: list[str], head_pngs: list[list[bytes]]) -> str:
+    """A self-contained page with every head's map (``head_pngs[layer][head]``, PNG bytes) and a picker."""
+    body = (
+        f"<h1>Attention maps</h1><p class=\"meta\">{html.escape(model_ref)} &mdash; &ldquo;{html.escape(text)}&rdquo; "
+        f"({len(tokens)} tokens)</p>" + _html.picker(head_pngs)
+    )
+    return _html.page("headwise attention maps", body)

@@ -1,4 +1,4 @@
-"""The head report of a model: one self-contained HTML page, its PNGs and a JSON of every number.
+"""The head report of a model (``headwise report``): one self-contained HTML page, its PNGs and a JSON of every number.
 
 :func:`write_report` runs the whole head loop on a sentence encoder of
 :mod:`headwise.models`: Fisher importance, attention statistics (entropy, distance,
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from headwise.viz import _html
+from headwise.viz import attention_page, head_map_pngs, html_figure, html_page, html_picker, html_table
 
-__all__ = ["ReportSettings", "attention_maps", "attention_page", "head_map_pngs", "report_steps", "write_report"]
+__all__ = ["ReportSettings", "attention_maps", "report_steps", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -88,20 +88,6 @@ def attention_maps(model: nn.Module, text: str) -> tuple[list[str], list[Tensor]
     return tokens, [m[0] for m in maps]
 
 
-def head_map_pngs(tokens: Sequence[str], maps: Sequence[Tensor]) -> list[list[bytes]]:
-    """Every head's map as PNG bytes, ``[layer][head]``.
-
-    Shape:
-        maps: one (H_l, L, L) tensor per layer; tokens (L,).
-    """
-    from headwise.viz import attention_map_png
-
-    return [
-        [attention_map_png(m[h], tokens, title=f"layer {i}, head {h}") for h in range(m.shape[0])]
-        for i, m in enumerate(maps)
-    ]
-
-
 def write_report(
     model_ref: str,
     out: Path,
@@ -124,8 +110,7 @@ def write_report(
     """
     import headwise
     import headwise.models
-    from headwise.bench.harness import Budget
-    from headwise.bench.prune import compare_speed
+    from headwise.bench import Budget, compare_speed
     from headwise.heads import PruneConfig, fisher_importance, head_statistics, pruning_curve
     from headwise.viz import (
         layer_grid_png,
@@ -146,6 +131,10 @@ def write_report(
 
     step("loading the model")
     model = headwise.models.load(model_ref)
+    truncated = getattr(model, "truncated", None)
+    cut = truncated(texts) if truncated is not None else 0
+    if cut:
+        source += f"; {cut} of them cut to {model.max_length} tokens (the model's limit)"
     tokens, maps = attention_maps(model, sample_text)
     out.mkdir(parents=True, exist_ok=True)
     total = sum(model.num_heads)
@@ -262,23 +251,14 @@ def write_report(
     }
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     body = _report_body(report, figures, curve, clusters, head_pngs, tokens)
-    (out / "report.html").write_text(_html.page(f"headwise report: {model_ref}", body), encoding="utf-8")
+    (out / "report.html").write_text(html_page(f"headwise report: {model_ref}", body), encoding="utf-8")
     return report
-
-
-def attention_page(model_ref: str, text: str, tokens: list[str], head_pngs: list[list[bytes]]) -> str:
-    """A self-contained page with every head's map (``head_pngs[layer][head]``, PNG bytes) and a picker."""
-    body = (
-        f"<h1>Attention maps</h1><p class=\"meta\">{html.escape(model_ref)} &mdash; &ldquo;{html.escape(text)}&rdquo; "
-        f"({len(tokens)} tokens)</p>" + _html.picker(head_pngs)
-    )
-    return _html.page("headwise attention maps", body)
 
 
 def _report_body(report, figures, curve, clusters, head_pngs, tokens) -> str:
     def fig(name: str) -> str:
         path, caption = figures[name]
-        return _html.figure(path, name, caption)
+        return html_figure(path, name, caption)
 
     pruned = report["pruned"]
     thresholds = report["redundant_clusters"]["thresholds"]
@@ -335,23 +315,23 @@ def _report_body(report, figures, curve, clusters, head_pngs, tokens) -> str:
             "<h2>Heads that repeat each other</h2>",
             f'<div class="pair">{fig("redundancy")}{fig("map-similarity")}</div>',
             "<p>The most similar pairs of heads:</p>",
-            _html.table(["outputs: heads", "cosine", "attention maps: heads", "cosine"], pair_rows),
+            html_table(["outputs: heads", "cosine", "attention maps: heads", "cosine"], pair_rows),
             f"<p>Clusters of heads whose outputs have cosine similarity &ge; {thresholds['output']} (single linkage):</p>",
             cluster_list(clusters["output"]),
             f"<p>Clusters of heads whose attention maps have cosine similarity &ge; {thresholds['map']}:</p>",
             cluster_list(clusters["map"]),
             "<h2>What pruning costs</h2>",
             fig("pruning-curve"),
-            _html.table(
+            html_table(
                 ["heads removed", "importance: cosine", "importance: Spearman", "random: cosine (mean ± sd)", "random: Spearman"],
                 curve_rows,
             ),
             "<h2>What pruning buys</h2>",
             fig("speed"),
-            _html.table(["what", "batch", "unpruned", "pruned", "speed-up median (min)"], speed_rows),
+            html_table(["what", "batch", "unpruned", "pruned", "speed-up median (min)"], speed_rows),
             "<h2>Attention maps, head by head</h2>",
             f"<p class=\"meta\">&ldquo;{html.escape(report['sample_text'])}&rdquo; ({len(tokens)} tokens). "
             "Rows are queries, columns keys.</p>",
-            _html.picker(head_pngs),
+            html_picker(head_pngs),
         ]
     )
