@@ -1,4 +1,4 @@
-"""The measurements behind the tuning budgets of the ``"weights"`` attention backend, side by side.
+"""The measurements behind headwise's tuning constants, side by side.
 
 Each section times :class:`headwise.functional._backends.weights.WeightsBackend` instances
 that differ in one budget (the backend's constructor arguments), on the same inputs:
@@ -10,12 +10,17 @@ that differ in one budget (the backend's constructor arguments), on the same inp
   one math pass, beyond it the fused output + block-wise recomputed weights): both paths,
   forward + backward, at B*H*L*S from 0.5 M to 8 M elements.
 
+* ``gemv``: :class:`headwise.modules.Linear`'s blocked product for a few rows against
+  ``F.linear`` on the same weights: every projection of SmolLM2-135M (30 layers of
+  576/192/1536-wide weights and the 49152 x 576 head, 538 MB, random values), one call each
+  per round, at 1, 2, 8 and 32 rows; and at 1 and 2 threads.
+
 Round-robin in one process, 2 threads, median over rounds; ratios per round.  The chosen
 defaults and the figures that chose them are in docs/design.md.
 
 Usage::
 
-    .venv/bin/python benchmarks/tuning.py [heads|small] [--rounds N]
+    .venv/bin/python benchmarks/tuning.py [heads|small|gemv] [--rounds N]
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from headwise.bench import harness as hx
 from headwise.functional._backends.weights import WeightsBackend
@@ -97,9 +103,36 @@ def small_section(rounds: int) -> None:
     print(hx.format_table(["(B, H, L=S)", "B*H*L*S", "one pass ms", "lean ms", "lean/one pass med (min)"], table))
 
 
+def gemv_section(rounds: int) -> None:
+    from headwise.modules import Linear
+
+    shapes = [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)] * 30
+    layers = [Linear(i, o, bias=False) for i, o in [*shapes, (576, 49152)]]
+    megabytes = sum(layer.weight.numel() * 4 for layer in layers) / 1e6
+    table = []
+    with torch.inference_mode():
+        for threads in (1, THREADS):
+            torch.set_num_threads(threads)
+            for rows in (1, 2, 8, 32):
+                inputs = {i: torch.randn(rows, i) for i in (576, 1536)}
+                runs = {
+                    "F.linear": lambda x=inputs: [F.linear(x[m.in_features], m.weight) for m in layers],
+                    "Linear": lambda x=inputs: [m(x[m.in_features]) for m in layers],
+                }
+                samples = round_robin(runs, rounds)
+                ratio = hx.pair_ratio(samples["F.linear"], samples["Linear"])
+                table.append([
+                    threads, rows, *(f"{hx.median_ms(s):.1f} ({megabytes / hx.median_ms(s):.1f} GB/s)" for s in samples.values()),
+                    ratio.fmt(),
+                ])
+    torch.set_num_threads(THREADS)
+    print(f"gemv: every projection of SmolLM2-135M once ({megabytes:.0f} MB of float32 weights); >1 means Linear is faster")
+    print(hx.format_table(["threads", "rows", "F.linear ms", "Linear ms", "F.linear/Linear med (min)"], table))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("section", nargs="?", choices=("heads", "small"), default=None)
+    parser.add_argument("section", nargs="?", choices=("heads", "small", "gemv"), default=None)
     parser.add_argument("--rounds", type=int, default=11)
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
@@ -108,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         heads_section(args.rounds)
     if args.section in (None, "small"):
         small_section(args.rounds)
+    if args.section in (None, "gemv"):
+        gemv_section(args.rounds)
     print(hx.load_line("end"))
     return 0
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from headwise import Attention, MultiheadAttention
 from headwise.heads import prune_heads_
+from headwise.modules import Linear
 from headwise.modules.blocks import Encoder, encoder_block
 from headwise.quant import QuantConfig, QuantizedMultiheadAttention, load_quantized, quantize_, save_quantized
 from headwise.texts import doc_sentences
@@ -174,7 +175,7 @@ def test_errors_leave_the_model_unchanged():
         r"'0.head_gate' is torch.float64 on cpu; call model.float\(\).cpu\(\)",
     ):
         quantize_(model, DYNAMIC)
-    assert type(model[0].q_proj) is nn.Linear and type(model[1]) is nn.Linear
+    assert type(model[0].q_proj) is Linear and type(model[1]) is nn.Linear  # classes unchanged too
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     with pytest.raises(ValueError, match=r"model is a bare Linear; .*wrap it \(nn.Sequential\(layer\)\)"):
         quantize_(nn.Linear(4, 4))

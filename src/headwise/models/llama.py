@@ -31,6 +31,7 @@ from headwise.modules import (
     CausalDecoder,
     GatedFeedForward,
     KVCache,
+    Linear,
     PreNormBlock,
     RotaryEmbedding,
 )
@@ -170,7 +171,7 @@ class LlamaModel(nn.Module):
         layout = zip(config.num_heads, config.num_kv_heads, config.kv_index, strict=True)
         blocks = [_block(config, h, k, index, factory) for h, k, index in layout]
         self.decoder = CausalDecoder(blocks, norm=nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps, **factory))
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False, **factory)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False, **factory)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 

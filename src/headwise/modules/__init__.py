@@ -12,6 +12,7 @@ from headwise.modules.blocks import (
     encoder_block,
 )
 from headwise.modules.cache import KVCache
+from headwise.modules.linear import Linear
 from headwise.modules.multihead import MultiheadAttention, replace_mha_
 from headwise.modules.rotary import RotaryEmbedding
 
@@ -22,6 +23,7 @@ __all__ = [
     "FeedForward",
     "GatedFeedForward",
     "KVCache",
+    "Linear",
     "MultiheadAttention",
     "PostNormBlock",
     "PreNormBlock",

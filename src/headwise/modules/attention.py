@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from headwise.errors import ShapeError, divisors, fmt_shape, heads_do_not_divide
 from headwise.functional import attention
 from headwise.modules.cache import KVCache
+from headwise.modules.linear import Linear
 from headwise.modules.rotary import RotaryEmbedding, positions_for
 
 __all__ = ["Attention", "AttentionVariant"]
@@ -106,10 +107,10 @@ class Attention(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self._head_dim = head_dim
-        self.q_proj = nn.Linear(embed_dim, num_heads * head_dim, bias=bias, **factory)
-        self.k_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias, **factory)
-        self.v_proj = nn.Linear(embed_dim, num_kv_heads * head_dim, bias=bias, **factory)
-        self.out_proj = nn.Linear(num_heads * head_dim, embed_dim, bias=bias, **factory)
+        self.q_proj = Linear(embed_dim, num_heads * head_dim, bias=bias, **factory)
+        self.k_proj = Linear(embed_dim, num_kv_heads * head_dim, bias=bias, **factory)
+        self.v_proj = Linear(embed_dim, num_kv_heads * head_dim, bias=bias, **factory)
+        self.out_proj = Linear(num_heads * head_dim, embed_dim, bias=bias, **factory)
         self.head_gate = nn.Parameter(torch.ones(num_heads, **factory), requires_grad=False)
         self.dropout = dropout
         self.head_dropout = head_dropout

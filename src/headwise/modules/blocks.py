@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from headwise.modules.attention import Attention
 from headwise.modules.cache import KVCache
+from headwise.modules.linear import Linear
 from headwise.modules.rotary import RotaryEmbedding
 
 __all__ = [
@@ -48,8 +49,8 @@ class FeedForward(nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.up = nn.Linear(embed_dim, hidden_dim, bias=bias, **factory)
-        self.down = nn.Linear(hidden_dim, embed_dim, bias=bias, **factory)
+        self.up = Linear(embed_dim, hidden_dim, bias=bias, **factory)
+        self.down = Linear(hidden_dim, embed_dim, bias=bias, **factory)
         self.activation = activation if activation is not None else nn.GELU()
         self.dropout = nn.Dropout(dropout)
 
@@ -78,9 +79,9 @@ class GatedFeedForward(nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        self.gate = nn.Linear(embed_dim, hidden_dim, bias=bias, **factory)
-        self.up = nn.Linear(embed_dim, hidden_dim, bias=bias, **factory)
-        self.down = nn.Linear(hidden_dim, embed_dim, bias=bias, **factory)
+        self.gate = Linear(embed_dim, hidden_dim, bias=bias, **factory)
+        self.up = Linear(embed_dim, hidden_dim, bias=bias, **factory)
+        self.down = Linear(hidden_dim, embed_dim, bias=bias, **factory)
         self.activation = activation if activation is not None else nn.SiLU()
         self.dropout = nn.Dropout(dropout)
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from headwise.modules import MultiheadAttention
+from headwise.modules import Linear, MultiheadAttention
 from headwise.quant._config import QuantConfig
 
 __all__ = ["QuantizedMultiheadAttention", "load_quantized", "quantize_", "save_quantized"]
 
-_LINEARS = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
+_LINEARS = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear, Linear)
 _FORMAT = "headwise.quant/1"
 
 
@@ -172,6 +172,9 @@ def quantize_(model: nn.Module, config: QuantConfig | None = None) -> dict[str, 
             layer.__class__ = MultiheadAttention  # headwise's forward (same parameters), see replace_mha_
         _split_in_proj_(layer)
     linears = [(p, n, m) for _, p, n, m in _modules_with_parents(model) if type(m) in _LINEARS]
+    for _, _, linear in linears:
+        if type(linear) is Linear:
+            linear.__class__ = nn.Linear  # same parameters; the quantized kernels replace its forward
     embeddings = [(p, n, m) for _, p, n, m in _modules_with_parents(model) if type(m) is nn.Embedding]
     embeddings = embeddings if config.embeddings else []
     if config.mode == "int8_dynamic":
