@@ -108,3 +108,28 @@ def test_prune_counts_the_texts_it_cuts(tmp_path):
     result = CliRunner().invoke(main, ["prune", "--heads", "0:1", "--out", str(tmp_path / "p"), "--texts", str(texts)])
     assert result.exit_code == 0, result.output
     assert f"texts: 8 texts from {texts}; 2 of them cut to 256 tokens (the model's limit)" in result.output
+
+
+def test_prune_a_decoder_by_kv_groups(tmp_path):
+    """A small random Llama saved by headwise: whole kv groups go, the cache per token shrinks, the folder loads."""
+    import headwise.models as hm
+    from tests.parallel._checks import _tiny_causal_lm
+
+    folder = _tiny_causal_lm(2).save(tmp_path / "tiny")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(["The cat sat.", "A dog ran.", "Heads look.", "Sinks hold.",
+                                "Cats nap.", "Dogs bark.", "Birds fly.", "Fish swim."]), encoding="utf-8")
+    args = ["prune", "--model", str(folder), "--fraction", "0.25", "--granularity", "groups",
+            "--texts", str(texts), "--out", str(tmp_path / "pruned"), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert len(info["removed"]) == 1 and sorted(info["kv_heads_after"]) == [1, 2]
+    assert sum(info["heads_after"]) == 6 and info["kv_cache_bytes_per_token"] == {"before": 512, "after": 384}  # float64
+    pruned = hm.load(tmp_path / "pruned")
+    assert list(pruned.num_heads) == info["heads_after"]
+    expected = pruned.perplexity(["Cats nap.", "Dogs bark.", "Birds fly.", "Fish swim."]).value
+    assert abs(info["quality"]["perplexity_after"] - expected) <= 1e-9 * expected
+    wrong = CliRunner().invoke(main, ["prune", "--model", str(folder), "--heads", "0:1", "--granularity", "groups",
+                                      "--out", str(tmp_path / "x")])
+    assert wrong.exit_code == 2 and "--granularity applies to --fraction" in wrong.output

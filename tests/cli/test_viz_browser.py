@@ -84,3 +84,47 @@ def test_attention_page_in_chromium(tmp_path):
         browser.close()
     assert errors == []
     assert (out / "screenshot.png").stat().st_size > 10_000
+
+
+def test_decoder_report_in_chromium(tmp_path):
+    """The causal LM's report (a small random Llama, float64): every figure, the tables, the map picker."""
+    import json
+
+    from playwright.sync_api import sync_playwright
+
+    from headwise.report import DecoderReportSettings, write_report
+    from tests.parallel._checks import _tiny_causal_lm
+
+    model = _tiny_causal_lm(2)
+    texts = [
+        "The cat sat on the mat.", "Heads look at tokens.", "Sinks hold attention.", "Windows keep the last.",
+        "Perplexity of held-apart text.", "A kv group is one head.", "Query heads read it too.", "Prune the least.",
+    ]
+    settings = DecoderReportSettings(
+        fractions=(0.0, 0.25), seeds=1, step=1, probes=1, context_length=16, evaluation_tokens=48,
+        windows=(8,), sinks=(0, 2),
+    )
+    steps: list[str] = []
+    report = write_report("tiny-llama", tmp_path, texts=texts, source="8 test texts", settings=settings,
+                          on_step=steps.append, model=model)
+    from headwise.report import decoder_report_steps
+
+    assert len(steps) == decoder_report_steps(settings)
+    assert report["kind"] == "causal LM" and report["heads_per_layer"] == [4, 4] and report["kv_heads_per_layer"] == [2, 2]
+    assert [r["attention"] for r in report["streaming"]] == ["dense", "window 8", "window 8 + 2 sinks"]
+    assert report["perplexity_curve"]["removed"] == [0, 2]
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser, page = _open(p, (tmp_path / "report.html").as_uri(), errors)
+        figures = page.locator("figure[data-figure]")
+        assert figures.count() == 8  # 7 figures and the map picker
+        for i in range(figures.count() - 1):
+            size = figures.nth(i).locator("img").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            assert size[0] > 100 and size[1] > 100
+        assert page.locator("table").count() == 2  # the perplexity curve, the streaming table
+        page.select_option("#layer", "1")
+        page.select_option("#head", "3")
+        assert page.get_attribute("#map", "data-layer") == "1" and page.get_attribute("#map", "data-head") == "3"
+        browser.close()
+    assert errors == []

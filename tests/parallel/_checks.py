@@ -112,8 +112,10 @@ def tensor_parallel(rank: int, world_size: int) -> dict:
     return results
 
 
-def _tiny_causal_lm(num_kv_heads: int):
-    """A random Llama (float64) with a byte-level tokenizer: generate() runs end to end."""
+def _tiny_causal_lm(num_kv_heads: int, num_heads: int | None = None):
+    """A random Llama (float64) with a byte-level tokenizer: generate() runs end to end.
+
+    ``num_heads`` query heads (default two per kv head)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from headwise.models import CausalLM, LlamaConfig, LlamaModel
@@ -124,7 +126,7 @@ def _tiny_causal_lm(num_kv_heads: int):
     tokenizer.decoder = decoders.ByteLevel()
     config = LlamaConfig(
         vocab_size=256, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=num_kv_heads * 2, num_key_value_heads=num_kv_heads, head_dim=8,
+        num_attention_heads=num_heads or num_kv_heads * 2, num_key_value_heads=num_kv_heads, head_dim=8,
         max_position_embeddings=64, tie_word_embeddings=True,
     )
     torch.manual_seed(0)

@@ -16,7 +16,8 @@ Score the heads of a sentence encoder on real text and remove the least importan
 * :func:`prune_heads_` removes heads physically from :class:`headwise.Attention`
   (grouped-query included), :class:`headwise.MultiheadAttention` and the models of
   :mod:`headwise.models`; pruning equals masking the same heads (``head_gate = 0``).
-* Importance: :func:`gradient_importance` (Michel et al. 2019, with a task loss),
+* Importance (per query head, or per kv group with ``granularity="groups"``):
+  :func:`gradient_importance` (Michel et al. 2019, with a task loss or a causal LM's own loss),
   :func:`fisher_importance` (label-free: squared gate gradients of self-distillation),
   :func:`ablation_importance` (leave one head out), :func:`normalize_per_layer`.
 * :func:`head_statistics`: entropy, attention distance, [CLS]/[SEP]/padding shares and
@@ -25,6 +26,8 @@ Score the heads of a sentence encoder on real text and remove the least importan
   after every ``step`` heads.
 * :func:`pruning_curve`: agreement with the unpruned model (:func:`agreement`) against the
   share of heads removed, iterative importance pruning against :func:`random_order` baselines;
+  :func:`perplexity_curve`: the same for a causal LM, by held-apart perplexity, removing
+  query heads or whole kv groups (``granularity``);
   :func:`masked_curve` evaluates any removal order by silencing heads.
 * :func:`distill_` with a :class:`DistillConfig`: recovery, a short self-distillation of
   the pruned model toward an unpruned copy on the calibration text.
@@ -32,13 +35,16 @@ Score the heads of a sentence encoder on real text and remove the least importan
 
 from headwise.heads._curve import (
     Agreement,
+    PerplexityCurve,
     PruningCurve,
     agreement,
     masked_curve,
+    perplexity_curve,
     pruning_curve,
     random_order,
 )
 from headwise.heads._importance import (
+    GRANULARITIES,
     ablation_importance,
     fisher_importance,
     gradient_importance,
@@ -51,11 +57,13 @@ from headwise.heads._recovery import DistillConfig, DistillResult, distill_
 from headwise.heads._stats import HeadStatistics, head_statistics
 
 __all__ = [
+    "GRANULARITIES",
     "Agreement",
     "DistillConfig",
     "DistillResult",
     "HeadModel",
     "HeadStatistics",
+    "PerplexityCurve",
     "PruneConfig",
     "PruningCurve",
     "ablation_importance",
@@ -68,6 +76,7 @@ __all__ = [
     "head_statistics",
     "masked_curve",
     "normalize_per_layer",
+    "perplexity_curve",
     "prune_by_importance_",
     "prune_heads_",
     "pruning_curve",

@@ -1,4 +1,9 @@
-"""The pruning curve: agreement with the unpruned model against the share of heads removed."""
+"""Pruning curves: what removing heads costs, by importance and at random.
+
+:func:`pruning_curve` measures a sentence encoder by its agreement with the unpruned
+embeddings; :func:`perplexity_curve` measures a causal language model by its perplexity on
+held-apart text, removing query heads or whole kv groups.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,22 @@ from typing import TypeVar
 import torch
 from torch import Tensor, nn
 
+from headwise.heads._importance import GRANULARITIES
 from headwise.heads._iterative import PruneConfig, prune_by_importance_
 from headwise.heads._protocol import check_model
+from headwise.heads._prune import kv_heads_of
 from headwise.heads._scoring import check_texts, gated_layers
 
-__all__ = ["Agreement", "PruningCurve", "agreement", "masked_curve", "pruning_curve", "random_order"]
+__all__ = [
+    "Agreement",
+    "PerplexityCurve",
+    "PruningCurve",
+    "agreement",
+    "masked_curve",
+    "perplexity_curve",
+    "pruning_curve",
+    "random_order",
+]
 
 T = TypeVar("T")
 
@@ -197,6 +213,127 @@ def pruning_curve(
         for seed in range(seeds)
     )
     return PruningCurve(total_heads=total, removed=tuple(counts), importance=tuple(importance), random=randoms)
+
+
+@dataclass(frozen=True)
+class PerplexityCurve:
+    """Held-apart perplexity of a causal LM after removing heads, by importance and at random.
+
+    Attributes:
+        granularity: ``"heads"`` (query heads removed one by one) or ``"groups"`` (whole kv
+            groups: a kv head and its query heads).
+        total_heads: query heads of the unpruned model.
+        removed: query heads removed at each point (ascending; 0 first gives the unpruned value).
+        importance: perplexity at each point, pruning iteratively by importance.
+        random: for each seed, perplexity at each point, removing heads (or groups) in a random order.
+    """
+
+    granularity: str
+    total_heads: int
+    removed: tuple[int, ...]
+    importance: tuple[float, ...]
+    random: tuple[tuple[float, ...], ...]
+
+    def random_mean(self) -> list[float]:
+        """Mean over seeds of the random orders' perplexity at each point."""
+        return [sum(values) / len(values) for values in zip(*self.random, strict=True)]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "granularity": self.granularity,
+            "total_heads": self.total_heads,
+            "removed": list(self.removed),
+            "importance": list(self.importance),
+            "random": [list(values) for values in self.random],
+        }
+
+
+def perplexity_curve(
+    model: nn.Module,
+    calibration: Sequence[str],
+    evaluation: Sequence[str],
+    *,
+    fractions: Sequence[float],
+    granularity: str = "heads",
+    config: PruneConfig | None = None,
+    seeds: int = 3,
+    context_length: int | None = None,
+    stride: int | None = None,
+    on_point: Callable[[str, int, nn.Module], None] | None = None,
+) -> PerplexityCurve:
+    """Perplexity on held-apart text against the share of query heads removed: importance against random.
+
+    The importance curve prunes a copy of ``model`` with :func:`prune_by_importance_` (scored
+    on ``calibration`` with the model's next-token distributions, re-scored as ``config``
+    says) up to each fraction in turn; the baseline silences heads of another copy in
+    ``seeds`` random orders.  ``granularity="groups"`` removes whole kv groups (the fractions
+    count groups then).  Every point is ``model.perplexity(evaluation, context_length=...,
+    stride=...)`` (see :meth:`headwise.models.CausalLM.perplexity`).  ``model`` is not changed.
+
+    Args:
+        fractions: shares of the heads (or groups) to remove, ascending, in [0, 1).
+        config: how to prune by importance (``remove`` and ``granularity`` are set here);
+            default ``PruneConfig(remove=0)``.
+        on_point: called as ``on_point(curve, removed_heads, model)`` after each point, with
+            ``curve`` ``"importance"`` or ``"random"``.
+    """
+    check_model(model)
+    if not callable(getattr(model, "perplexity", None)):
+        raise TypeError(
+            f"perplexity_curve measures a causal language model's perplexity; {type(model).__name__} has no "
+            "perplexity (for a sentence encoder use pruning_curve)."
+        )
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+    calibration = check_texts(model, calibration)
+    evaluation = check_texts(model, evaluation)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ValueError(f"seeds must be a positive int, got {seeds!r}.")
+    config = dataclasses.replace(PruneConfig(remove=0) if config is None else config, granularity=granularity)
+    layers = gated_layers(model)
+    groups = granularity == "groups"
+    units = [layer.num_kv_heads if groups else layer.num_heads for layer in layers]
+    counts = _counts(fractions, sum(units), sum(max(n - config.min_heads, 0) for n in units))
+    total_heads = sum(layer.num_heads for layer in layers)
+
+    def evaluate(candidate: nn.Module) -> float:
+        return candidate.perplexity(list(evaluation), context_length=context_length, stride=stride).value
+
+    def heads_removed(candidate: nn.Module) -> int:
+        return sum(int((layer.head_gate == 0).sum()) for layer in gated_layers(candidate))
+
+    pruned = copy.deepcopy(model)
+    importance, removed, done = [], [], 0
+    for k in counts:
+        if k > done:
+            prune_by_importance_(pruned, calibration, dataclasses.replace(config, remove=k - done))
+        done = k
+        removed.append(total_heads - sum(layer.num_heads for layer in gated_layers(pruned)))
+        importance.append(evaluate(pruned))
+        if on_point is not None:
+            on_point("importance", removed[-1], pruned)
+
+    def evaluate_random(candidate: nn.Module) -> float:
+        result = evaluate(candidate)
+        if on_point is not None:
+            on_point("random", heads_removed(candidate), candidate)
+        return result
+
+    randoms = []
+    for seed in range(seeds):
+        order = random_order(units, seed, min_heads=config.min_heads)  # (layer, head or group)
+        if groups:  # each group's query heads, one after another
+            kv_of = [kv_heads_of(layer) for layer in layers]
+            sizes = [kv_of[layer].count(g) for layer, g in order]
+            order = [(layer, h) for layer, g in order for h, kv in enumerate(kv_of[layer]) if kv == g]
+            head_counts = [sum(sizes[:k]) for k in counts]
+        else:
+            head_counts = list(counts)
+        randoms.append(tuple(masked_curve(model, order, evaluate_random, head_counts)))
+    return PerplexityCurve(
+        granularity=granularity, total_heads=total_heads, removed=tuple(removed),
+        importance=tuple(importance), random=tuple(randoms),
+    )
 
 
 def _counts(fractions: Sequence[float], total: int, available: int) -> list[int]:

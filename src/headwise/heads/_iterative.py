@@ -9,8 +9,13 @@ import torch
 from torch import nn
 
 from headwise._workflow import WorkflowConfig
-from headwise.heads._importance import ablation_importance, fisher_importance, normalize_per_layer
-from headwise.heads._prune import prune_heads_
+from headwise.heads._importance import (
+    GRANULARITIES,
+    ablation_importance,
+    fisher_importance,
+    normalize_per_layer,
+)
+from headwise.heads._prune import kv_heads_of, prune_heads_
 from headwise.heads._scoring import check_texts, gated_layers
 
 __all__ = ["PruneConfig", "prune_by_importance_"]
@@ -23,7 +28,7 @@ class PruneConfig(WorkflowConfig):
     """How :func:`prune_by_importance_` removes heads.
 
     Args:
-        remove: how many heads to remove in this call.
+        remove: how many heads (or kv groups, with ``granularity="groups"``) to remove in this call.
         step: heads removed between two importance estimates (1, the default, re-scores after
             each head; on all-MiniLM-L6-v2 step 1 with 4 probes reached cosine 0.884 at 50%
             removed where step 2 with 2 probes reached 0.866).
@@ -32,10 +37,13 @@ class PruneConfig(WorkflowConfig):
         normalize: divide scores by their per-layer L2 norm before ranking (Michel et al.);
             off by default: on all-MiniLM-L6-v2 it lowered the cosine curve by 0.02-0.03 at
             20-40% removed (examples/prune_minilm.py).
-        min_heads: heads every layer keeps.
+        min_heads: heads (or kv groups) every layer keeps.
         probes: random probes per batch for ``"fisher"``.
         batch_size: texts per forward pass.
         seed: seed of the Fisher probes.
+        granularity: ``"heads"``, single query heads go (a kv head goes with the last query
+            head that reads it; groups may end up of unequal sizes); ``"groups"``, whole kv
+            groups go, the kv head with all its query heads (the KV cache shrinks).
     """
 
     remove: int
@@ -46,6 +54,7 @@ class PruneConfig(WorkflowConfig):
     probes: int = 4
     batch_size: int = 32
     seed: int = 0
+    granularity: str = "heads"
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -56,6 +65,8 @@ class PruneConfig(WorkflowConfig):
                 raise ValueError(f"PruneConfig.{name} must be an int >= {low}, got {value!r}.")
         if self.method not in METHODS:
             raise ValueError(f"PruneConfig.method must be one of {METHODS}, got {self.method!r}.")
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"PruneConfig.granularity must be one of {GRANULARITIES}, got {self.granularity!r}.")
         if not isinstance(self.normalize, bool):
             raise TypeError(f"PruneConfig.normalize must be a bool, got {self.normalize!r}.")
         self._check_version()
@@ -71,7 +82,8 @@ def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneCo
 
     Returns:
         the removed heads as (layer, head) in removal order, head indices counted in the
-        layer as it was when this function was called.
+        layer as it was when this function was called; with ``granularity="groups"`` the
+        removed kv groups as (layer, kv head), counted likewise.
 
     Shape:
         layer l goes from H_l heads to H_l minus its removed heads, every head of dim D.
@@ -80,28 +92,38 @@ def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneCo
     if not isinstance(config, PruneConfig):
         raise TypeError(f"config must be a PruneConfig, got {type(config).__name__}.")
     layers = gated_layers(model)
-    available = sum(max(layer.num_heads - config.min_heads, 0) for layer in layers)
+    groups = config.granularity == "groups"
+    units = [layer.num_kv_heads if groups else layer.num_heads for layer in layers]
+    available = sum(max(n - config.min_heads, 0) for n in units)
     if config.remove > available:
+        what = "kv groups" if groups else "heads"
         raise ValueError(
-            f"PruneConfig.remove={config.remove} but only {available} heads can go while every layer keeps "
-            f"min_heads={config.min_heads} (head counts {[layer.num_heads for layer in layers]})."
+            f"PruneConfig.remove={config.remove} but only {available} {what} can go while every layer keeps "
+            f"min_heads={config.min_heads} ({what} per layer {units})."
         )
-    origin = [list(range(layer.num_heads)) for layer in layers]  # current index -> index at the call
+    origin = [list(range(n)) for n in units]  # current index -> index at the call
     removed: list[tuple[int, int]] = []
     while len(removed) < config.remove:
         if config.method == "fisher":
             scores = fisher_importance(
-                model, texts, batch_size=config.batch_size, probes=config.probes, seed=config.seed + len(removed)
+                model, texts, batch_size=config.batch_size, probes=config.probes, seed=config.seed + len(removed),
+                granularity=config.granularity,
             )
         else:
-            scores = ablation_importance(model, texts, batch_size=config.batch_size)
+            scores = ablation_importance(model, texts, batch_size=config.batch_size, granularity=config.granularity)
         if config.normalize:
             scores = normalize_per_layer(scores)
         count = min(config.step, config.remove - len(removed))
-        plan = _lowest(scores, count, config.min_heads)
-        for layer, heads in plan.items():
-            removed += [(layer, origin[layer][h]) for h in heads]
-            origin[layer] = [o for i, o in enumerate(origin[layer]) if i not in heads]
+        chosen = _lowest(scores, count, config.min_heads)  # {layer: [head or group]}
+        plan = {}
+        for layer, picked in chosen.items():
+            removed += [(layer, origin[layer][i]) for i in picked]
+            origin[layer] = [o for i, o in enumerate(origin[layer]) if i not in picked]
+            if groups:
+                kv_of = kv_heads_of(layers[layer])
+                plan[layer] = [h for h in range(layers[layer].num_heads) if kv_of[h] in picked]
+            else:
+                plan[layer] = picked
         prune_heads_(model, plan)
     return removed
 

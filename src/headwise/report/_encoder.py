@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from headwise.report._decoder import DecoderReportSettings, write_decoder_report
 from headwise.viz import attention_page, head_map_pngs, html_figure, html_page, html_picker, html_table
 
 __all__ = ["ReportSettings", "attention_maps", "report_steps", "write_report"]
@@ -95,15 +96,19 @@ def write_report(
     texts: Sequence[str],
     source: str,
     sample_text: str | None = None,
-    settings: ReportSettings | None = None,
+    settings: ReportSettings | DecoderReportSettings | None = None,
     on_step: Callable[[str], None] | None = None,
+    model: nn.Module | None = None,
 ) -> dict[str, object]:
     """Measure the heads of ``model_ref`` and write report.html, report.json and the PNGs into ``out``.
 
     The first half of ``texts`` scores heads (calibration), the second half is held apart
     to measure what pruning changes.  ``sample_text`` (default: the first held-apart
     text) is the text whose attention maps are shown.  ``on_step(description)`` is
-    called :func:`report_steps` times, before each unit of work.
+    called :func:`report_steps` times, before each unit of work.  ``model``: the loaded
+    model, when the caller has it (else it is loaded from ``model_ref``).  A causal LM gets
+    the decoder's report (:func:`~headwise.report.write_decoder_report`, with
+    ``DecoderReportSettings``).
 
     Returns:
         the contents of report.json.
@@ -120,8 +125,19 @@ def write_report(
         speedup_png,
     )
 
-    settings = ReportSettings() if settings is None else settings
     step = on_step or (lambda _: None)
+    if model is None:
+        step("loading the model")
+        model = headwise.models.load(model_ref)
+    if getattr(model, "causal", False):
+        if settings is not None and not isinstance(settings, DecoderReportSettings):
+            raise TypeError(f"{model_ref} is a causal LM: its report takes DecoderReportSettings, got {type(settings).__name__}.")
+        return write_decoder_report(
+            model, model_ref, out, texts=texts, source=source, sample_text=sample_text, settings=settings, on_step=on_step
+        )
+    if settings is not None and not isinstance(settings, ReportSettings):
+        raise TypeError(f"{model_ref} is a sentence encoder: its report takes ReportSettings, got {type(settings).__name__}.")
+    settings = ReportSettings() if settings is None else settings
     texts = list(texts)
     if len(texts) < 8:
         raise ValueError(f"the report needs at least 8 texts (half to score heads, half held apart), got {len(texts)}.")
@@ -129,8 +145,6 @@ def write_report(
     calibration, evaluation = texts[:half], texts[half:]
     sample_text = evaluation[0] if sample_text is None else sample_text
 
-    step("loading the model")
-    model = headwise.models.load(model_ref)
     truncated = getattr(model, "truncated", None)
     cut = truncated(texts) if truncated is not None else 0
     if cut:
