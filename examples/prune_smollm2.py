@@ -6,7 +6,8 @@ evaluation = documents 151 on, joined, about 4096 tokens (held apart).
 
 1. Perplexity curves (headwise.heads.perplexity_curve) at both granularities: query heads
    removed one by one (kv heads kept while a query head reads them), and whole kv groups;
-   iterative Fisher importance (the KL to the model as it is) against random orders.
+   iterative importance (``--method``: Michel et al.'s gate gradient of the next-token loss, or
+   the label-free Fisher score of the KL to the model as it is) against random orders.
 2. Recovery: the models with 20% and 30% of the query heads removed by importance, distilled
    toward the unpruned one (headwise.heads.distill_, KL of the next-token distributions) on
    the calibration sentences; perplexity before and after.
@@ -88,16 +89,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer points, texts and steps: a smoke run")
     parser.add_argument("--out", type=Path, default=None, help="write every figure as JSON here")
+    parser.add_argument("--method", choices=("fisher", "gradient"), default="gradient",
+                        help="importance: Michel et al.'s gate gradient of the next-token loss, or label-free Fisher")
+    parser.add_argument("--calibration", type=int, default=None, help="calibration sentences (default 128; quick 32)")
+    parser.add_argument("--recover", type=int, default=None, help="distillation steps (default 150; quick 20)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
     model = hm.load("SmolLM2-135M-Instruct")
     documents = lee_documents()
-    calibration = sentences(documents[:150])[: 32 if args.quick else 64]
+    calibration = sentences(documents[:150])[: args.calibration or (32 if args.quick else 128)]
     evaluation = evaluation_text(model, documents[150:], 1024 if args.quick else 4096)
     fractions = (0.0, 0.2, 0.3) if args.quick else (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
     context = 512 if args.quick else 1024
-    results: dict[str, object] = {"calibration_sentences": len(calibration)}
+    results: dict[str, object] = {"calibration_sentences": len(calibration), "method": args.method}
     results["evaluation_tokens"] = model.tokenize([evaluation])["input_ids"].shape[1]
     print(f"calibration: {len(calibration)} sentences; evaluation: {results['evaluation_tokens']} tokens")
 
@@ -105,7 +110,7 @@ def main() -> None:
     curves = {}
     for granularity in ("heads", "groups"):
         units = 270 if granularity == "heads" else 90
-        config = PruneConfig(remove=0, step=max(1, units // 10), probes=2, batch_size=16)
+        config = PruneConfig(remove=0, step=max(1, units // 10), probes=2, batch_size=16, method=args.method)
 
         def keep(curve: str, removed: int, candidate, granularity=granularity) -> None:
             if curve == "importance" and removed in (54, 81):  # 20% and 30% of the 270 query heads
@@ -131,7 +136,7 @@ def main() -> None:
         before = student.perplexity([evaluation], context_length=context, stride=context // 2).value
         result = distill_(
             student, model, sentences(documents[:150]),
-            DistillConfig(steps=20 if args.quick else 150, batch_size=8, lr=5e-5, progress=False),
+            DistillConfig(steps=args.recover or (20 if args.quick else 150), batch_size=8, lr=5e-5, progress=False),
         )
         after = student.perplexity([evaluation], context_length=context, stride=context // 2).value
         recovery[name] = {"before": before, "after": after, "seconds": result.seconds}

@@ -13,5 +13,5 @@ def report_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     result = CliRunner().invoke(main, ["report", "--out", str(out), *REPORT_ARGS])
     assert result.exit_code == 0, result.output
-    (out / "stdout.txt").write_text(result.output)
+    (out / "stdout.txt").write_text(result.stdout)
     return out

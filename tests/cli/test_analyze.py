@@ -19,7 +19,10 @@ def test_analyze_writes_json_and_figures(tmp_path):
     result = CliRunner().invoke(main, ["analyze", "--texts", str(texts), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "analysis.json").read_text())
-    assert json.loads(result.output) == report
+    assert json.loads(result.stdout) == report
+    # not a terminal: one plain progress line per step on stderr
+    assert result.stderr.splitlines()[0].startswith("headwise: [0/4] loading the model")
+    assert "headwise: [3/4] figures" in result.stderr
     assert report["heads_per_layer"] == [12] * 6 and report["texts"].startswith("10 texts from")
     for key in ("importance", "entropy", "distance", "cls_share", "sep_share"):
         assert [len(v) for v in report[key]] == [12] * 6, key
@@ -37,3 +40,12 @@ def test_analyze_bad_texts_file_is_one_line(tmp_path):
     missing = CliRunner().invoke(main, ["analyze", "--texts", str(tmp_path / "nope.txt")])
     assert missing.exit_code == 2 and "no such file" in missing.output
     assert "Traceback" not in result.output + missing.output
+
+
+def test_analyze_quiet_and_texts_from_standard_input(tmp_path):
+    text = "\n".join(doc_sentences(6))
+    result = CliRunner().invoke(main, ["analyze", "--texts", "-", "--out", str(tmp_path / "a"), "--quiet"], input=text)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    report = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert report["texts"] == "6 texts from standard input"

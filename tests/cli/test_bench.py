@@ -261,3 +261,14 @@ def test_bench_generate_quick():
         for impl in ("hw_f32", "hw_bf16", "hw_int8")
     ]
     assert all(_positive_finite(r["ratio"]) for r in rows)
+
+
+def test_moved_names_say_where_they_went():
+    import importlib
+
+    with pytest.raises(ImportError, match=r"headwise.viz.report moved to headwise.report"):
+        importlib.import_module("headwise.viz.report")
+    from headwise.bench import encode
+
+    with pytest.raises(AttributeError, match=r"use headwise.texts.doc_sentences\(count\)"):
+        encode.real_sentences  # noqa: B018

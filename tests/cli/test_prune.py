@@ -19,7 +19,7 @@ def test_prune_named_heads_saves_a_loadable_model(tmp_path):
     args = ["prune", "--heads", "0:1,2;5:0", "--out", str(out), "--transformers-out", str(hf_out), "--limit", "8", "--json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    info = json.loads(result.output)
+    info = json.loads(result.stdout)
     assert info["heads_after"] == [10, 12, 12, 12, 12, 11] and info["removed"] == [[0, 1], [0, 2], [5, 0]]
     assert 0.9 < info["quality"]["cosine"] <= 1.0 + 1e-6 and info["encode_seconds"]["speedup"] > 0
     reloaded = headwise.models.load(out)

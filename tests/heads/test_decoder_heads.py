@@ -168,3 +168,11 @@ def test_streaming_perplexity_equals_one_pass_of_each_attention():
     assert all(layer.variant is None for layer in model.attention_layers)
     with pytest.raises(ValueError, match=r"the text has \d+ tokens, but scoring starts at position 5000"):
         streaming_perplexity(model, text, windows=[8], score_from=5000)
+
+
+def test_gradient_method_removes_the_lowest_gate_gradients(model):
+    scores = gradient_importance(model, TEXTS, batch_size=32)
+    flat = sorted((float(s), layer, head) for layer, v in enumerate(scores) for head, s in enumerate(v))
+    pruned = copy.deepcopy(model)
+    removed = prune_by_importance_(pruned, TEXTS, PruneConfig(remove=2, step=2, method="gradient"))
+    assert set(removed) == {(layer, head) for _, layer, head in flat[:2]}

@@ -38,7 +38,7 @@ def test_config_round_trips_and_validates():
         PruneConfig(remove=1, step=0)
     with pytest.raises(ValueError, match=r"PruneConfig.remove must be an int >= 0, got -1"):
         PruneConfig(remove=-1)
-    with pytest.raises(ValueError, match=r"PruneConfig.method must be one of \('fisher', 'ablation'\), got 'taylor'"):
+    with pytest.raises(ValueError, match=r"PruneConfig.method must be one of \('fisher', 'ablation', 'gradient'\), got 'taylor'"):
         PruneConfig(remove=1, method="taylor")
     with pytest.raises(TypeError, match=r"PruneConfig.normalize must be a bool, got 1"):
         PruneConfig(remove=1, normalize=1)

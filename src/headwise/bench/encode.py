@@ -48,6 +48,12 @@ FULL = hx.Budget(seconds=20.0, min_rounds=5, max_rounds=15, min_sample_s=0.0, ma
 QUICK = hx.Budget(seconds=1.0, min_rounds=3, max_rounds=3, min_sample_s=0.0, max_inner=1)
 
 
+def __getattr__(name: str) -> object:
+    if name == "real_sentences":
+        raise AttributeError("headwise.bench.encode.real_sentences moved: use headwise.texts.doc_sentences(count).")
+    raise AttributeError(f"module 'headwise.bench.encode' has no attribute {name!r}")
+
+
 def transformers_encode(
     model: headwise.models.SentenceEncoder, reference: torch.nn.Module, texts: list[str], batch_size: int
 ) -> Tensor:

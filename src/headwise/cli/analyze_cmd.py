@@ -8,34 +8,36 @@ from pathlib import Path
 import click
 
 from headwise.cli._output import OutFolder, check_writable, staged_folder
+from headwise.cli._progress import Steps, quiet_option
 from headwise.cli._texts import cut_note, read_texts
 from headwise.cli.inspect_cmd import DEFAULT_MODEL
 
 
-def analyze(model_ref: str, texts_path: str | None, out: Path, *, limit: int, threshold: float) -> dict[str, object]:
+def analyze(
+    model_ref: str, texts_path: str | None, out: Path, *, limit: int, threshold: float, quiet: bool = False
+) -> dict[str, object]:
     """Score and describe every head; write analysis.json and the figures into ``out`` (whole or not at all)."""
     texts, source = read_texts(texts_path, limit=limit)
     check_writable(out, "--out")
     with staged_folder(out) as folder:
-        return _analyze(model_ref, texts, source, folder, threshold=threshold)
+        return _analyze(model_ref, texts, source, folder, threshold=threshold, quiet=quiet)
 
 
-def _analyze(model_ref: str, texts: list[str], source: str, out: Path, *, threshold: float) -> dict[str, object]:
-    from rich.progress import Progress
-
+def _analyze(
+    model_ref: str, texts: list[str], source: str, out: Path, *, threshold: float, quiet: bool
+) -> dict[str, object]:
     import headwise.models
     from headwise.heads import fisher_importance, head_statistics
     from headwise.viz import layer_head_heatmap, similarity_heatmap
 
-    with Progress(transient=True) as progress:
-        task = progress.add_task("loading the model", total=4)
+    with Steps(4, description="loading the model", quiet=quiet) as progress:
         model = headwise.models.load(model_ref)
         source += cut_note(model, texts)
-        progress.update(task, advance=1, description=f"scoring heads on {len(texts)} texts")
+        progress.update(f"scoring heads on {len(texts)} texts", advance=1)
         importance = fisher_importance(model, texts)
-        progress.update(task, advance=1, description="attention statistics")
+        progress.update("attention statistics", advance=1)
         stats = head_statistics(model, texts)
-        progress.update(task, advance=1, description="figures")
+        progress.update("figures", advance=1)
         figures = {
             "importance": layer_head_heatmap(importance, out / "importance.png", title="head importance (Fisher)", label="score"),
             "entropy": layer_head_heatmap(stats.entropy, out / "entropy.png", title="attention entropy", label="nats"),
@@ -44,7 +46,7 @@ def _analyze(model_ref: str, texts: list[str], source: str, out: Path, *, thresh
                 stats.output_similarity, stats.heads, out / "redundancy.png", title="head output similarity"
             ),
         }
-        progress.update(task, advance=1)
+        progress.update(advance=1)
     clusters = stats.redundant_clusters(threshold=threshold, kind="output")
     report = {
         "model": model_ref,
@@ -69,7 +71,10 @@ def _analyze(model_ref: str, texts: list[str], source: str, out: Path, *, thresh
 @click.option("--limit", type=click.IntRange(min=1), default=64, show_default=True, help="Use at most this many texts.")
 @click.option("--threshold", type=click.FloatRange(-1.0, 1.0, min_open=True), default=0.8, show_default=True, help="Output similarity that makes two heads redundant.")
 @click.option("--json", "as_json", is_flag=True, help="Print the analysis as JSON.")
-def analyze_command(model: str, texts_path: str | None, out: Path, limit: int, threshold: float, as_json: bool) -> None:
+@quiet_option
+def analyze_command(
+    model: str, texts_path: str | None, out: Path, limit: int, threshold: float, as_json: bool, quiet: bool
+) -> None:
     """Importance, entropy, distance and redundancy of every head; writes analysis.json and PNGs.
 
     \b
@@ -77,7 +82,7 @@ def analyze_command(model: str, texts_path: str | None, out: Path, limit: int, t
       headwise analyze --out analysis
       headwise analyze ./my-bert --texts corpus.txt --limit 200 --json
     """
-    report = analyze(model, texts_path, out, limit=limit, threshold=threshold)
+    report = analyze(model, texts_path, out, limit=limit, threshold=threshold, quiet=quiet)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

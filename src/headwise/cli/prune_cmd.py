@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from headwise.cli._output import Fraction, OutFolder, check_writable, staged_folder
+from headwise.cli._progress import Steps, quiet_option
 from headwise.cli._texts import cut_note, read_texts
 from headwise.cli.inspect_cmd import model_option, pick_model
 
@@ -75,6 +76,7 @@ MIN_TEXTS = 8
 @click.option("--texts", "texts_path", type=click.Path(dir_okay=False, allow_dash=True), help="One text per line (- for standard input): the first half scores heads, the second measures quality (default: Python's docs).")
 @click.option("--limit", type=click.IntRange(min=8), default=64, show_default=True, help="Use at most this many texts.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@quiet_option
 def prune_command(
     model: str | None,
     model_option: str | None,
@@ -86,6 +88,7 @@ def prune_command(
     texts_path: str | None,
     limit: int,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Prune heads (by importance, or the ones you name), print quality and speed, save the model.
 
@@ -109,8 +112,6 @@ def prune_command(
         raise click.UsageError("give exactly one of --fraction F or --heads SPEC.")
     if spec is not None and granularity != "heads":
         raise click.UsageError("--granularity applies to --fraction; --heads names single heads.")
-    from rich.progress import Progress
-
     model = pick_model(model, model_option)
     plan = None if spec is None else parse_heads(spec)
     texts, source = read_texts(texts_path, limit=limit)
@@ -127,8 +128,7 @@ def prune_command(
             raise click.UsageError(f"--out and --transformers-out are both {out}; give two folders.")
     half = len(texts) // 2
     calibration, evaluation = texts[:half], texts[half:]
-    with Progress(transient=True) as progress:
-        task = progress.add_task("loading the model", total=5)
+    with Steps(5, description="loading the model", quiet=quiet) as progress:
         original = headwise.models.load(model)
         causal = bool(getattr(original, "causal", False))
         source += cut_note(original, texts)
@@ -136,31 +136,35 @@ def prune_command(
         if fraction is not None:
             count = _count_to_remove(original, fraction, granularity)
         pruned = copy.deepcopy(original)
-        progress.update(task, advance=1, description="pruning")
+        progress.update("pruning", advance=1)
         if plan is not None:
             prune_heads_(pruned, plan)
             removed = [(layer, head) for layer, heads in sorted(plan.items()) for head in sorted(heads)]
         else:
             what = "kv groups" if granularity == "groups" else "heads"
-            progress.update(task, description=f"pruning {count} {what} by importance on {len(calibration)} texts")
-            config = PruneConfig(remove=count, step=max(1, count // 8), granularity=granularity)
-            removed = prune_by_importance_(pruned, calibration, config)
-        progress.update(task, advance=1, description=f"quality on {len(evaluation)} held-apart texts")
+            progress.update(f"pruning {count} {what} by importance on {len(calibration)} texts", total=4 + count)
+            config = PruneConfig(remove=count, step=max(1, count // 8), granularity=granularity, progress=False)
+
+            def on_round(done: int, total: int) -> None:
+                progress.update(f"pruning by importance: {done} of {total} {what} removed", advance=done - (progress.done - 1))
+
+            removed = prune_by_importance_(pruned, calibration, config, on_round=on_round)
+        progress.update(f"quality on {len(evaluation)} held-apart texts", advance=1 if plan is not None else 0)
         if causal:
             quality = {"perplexity_before": _perplexity(original, evaluation), "perplexity_after": _perplexity(pruned, evaluation)}
             speed = {"kv_cache_bytes_per_token": {"before": _kv_bytes(original), "after": _kv_bytes(pruned)}}
         else:
             quality = _quality(original, pruned, evaluation)
-            progress.update(task, advance=1, description="encode speed before and after")
+            progress.update("encode speed before and after", advance=1)
             before, after = _encode_seconds(original, evaluation), _encode_seconds(pruned, evaluation)
             speed = {"encode_seconds": {"before": before, "after": after, "speedup": before / after}}
-        progress.update(task, advance=1, description="saving")
+        progress.update("saving", advance=1)
         with staged_folder(out) as folder:  # both folders are written whole, or neither
             pruned.save(folder)
             if transformers_out is not None:
                 with staged_folder(transformers_out) as full:
                     pruned.save(full, full_heads=True)
-        progress.update(task, advance=1)
+        progress.update(advance=1)
     result = {
         "model": model,
         "texts": source,
@@ -179,11 +183,9 @@ def prune_command(
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"texts: {source}")
-    units = "kv groups" if granularity == "groups" and plan is None else "heads"
-    click.echo(
-        f"removed {len(removed)} {units} ({total - sum(pruned.num_heads)} of {total} heads); heads per layer now "
-        f"{', '.join(map(str, result['heads_after']))}"
-    )
+    gone = total - sum(pruned.num_heads)
+    groups = f"{len(removed)} kv groups, " if granularity == "groups" and plan is None else ""
+    click.echo(f"removed {groups}{gone} of {total} heads; heads per layer now {', '.join(map(str, result['heads_after']))}")
     click.echo(f"parameters {result['parameters']['before']:,} -> {result['parameters']['after']:,}")
     if causal:
         kv = result["kv_cache_bytes_per_token"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from headwise.cli._output import Fraction, OutFolder, check_writable, staged_folder
+from headwise.cli._progress import Steps, quiet_option
 from headwise.cli._texts import read_texts
 from headwise.cli.inspect_cmd import model_option, pick_model
 
@@ -25,6 +26,7 @@ from headwise.cli.inspect_cmd import model_option, pick_model
 @click.option("--threshold", type=click.FloatRange(-1.0, 1.0, min_open=True), default=0.8, show_default=True, help="Output similarity that makes two heads redundant.")
 @click.option("--map-threshold", type=click.FloatRange(-1.0, 1.0, min_open=True), default=0.95, show_default=True, help="Attention-map similarity that makes two heads redundant.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json's contents instead of a summary.")
+@quiet_option
 def report_command(
     model: str | None,
     model_option: str | None,
@@ -37,6 +39,7 @@ def report_command(
     threshold: float,
     map_threshold: float,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Everything about a model's heads in one HTML page (no network: images and script inline).
 
@@ -51,8 +54,6 @@ def report_command(
       headwise report ./my-bert --texts corpus.txt --limit 200 --fraction 0.5
       headwise report --model SmolLM2-135M-Instruct --out smollm2-report
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     import headwise.models
     from headwise.report import (
         DecoderReportSettings,
@@ -68,9 +69,7 @@ def report_command(
         raise ValueError("--text is empty; give the text whose attention maps to show.")
     check_writable(out, "--out")
     start = time.perf_counter()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with staged_folder(out) as folder, Progress(*columns, transient=True) as progress:
-        task = progress.add_task("loading the model", total=None)
+    with staged_folder(out) as folder, Steps(description="loading the model", quiet=quiet) as progress:
         loaded = headwise.models.load(model)
         if getattr(loaded, "causal", False):
             settings = DecoderReportSettings(seeds=seeds or 1)
@@ -78,18 +77,18 @@ def report_command(
         else:
             settings = ReportSettings(fraction=fraction, seeds=seeds or 3, threshold=threshold, map_threshold=map_threshold)
             total = report_steps(settings) - 1  # the model is loaded already
-        progress.update(task, total=total)
+        progress.update(total=total)
         first = [True]
 
         def on_step(description: str) -> None:
-            progress.update(task, description=description, advance=0 if first[0] else 1)
+            progress.update(description, advance=0 if first[0] else 1)
             first[0] = False
 
         report = write_report(
             model, folder, texts=texts, source=source, sample_text=sample_text, settings=settings, on_step=on_step,
             model=loaded,
         )
-        progress.update(task, completed=total)
+        progress.update(advance=total - progress.done)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

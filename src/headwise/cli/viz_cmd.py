@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from headwise.cli._output import OutFolder, check_writable, staged_folder
+from headwise.cli._progress import Steps, quiet_option
 from headwise.cli._texts import cut_note
 from headwise.cli.inspect_cmd import model_option, pick_model
 
 
-def render(model_ref: str, text: str, out: Path) -> dict[str, object]:
+def render(model_ref: str, text: str, out: Path, *, quiet: bool = True) -> dict[str, object]:
     """Write layer grids (PNG) and attention.html (every head, with a layer/head picker)."""
     import headwise.models
     from headwise.report import attention_maps
@@ -19,13 +20,16 @@ def render(model_ref: str, text: str, out: Path) -> dict[str, object]:
     if not text.strip():
         raise ValueError('TEXT is empty; give the text to look at, e.g. headwise viz "The cat sat on the mat."')
     check_writable(out, "--out")
-    model = headwise.models.load(model_ref)
-    tokens, maps = attention_maps(model, text)
-    cut = cut_note(model, [text])
-    if cut:  # the page shows the beginning of the text, and says where the model cut it
-        text = f"{text[:200]}… (cut to {model.max_length} tokens, the model's limit)"
-    with staged_folder(out) as folder:
-        return {**_write(model_ref, text, tokens, maps, folder), "cut": bool(cut)}
+    with Steps(3, description="loading the model", quiet=quiet) as progress:
+        model = headwise.models.load(model_ref)
+        progress.update("attention maps", advance=1)
+        tokens, maps = attention_maps(model, text)
+        cut = cut_note(model, [text])
+        if cut:  # the page shows the beginning of the text, and says where the model cut it
+            text = f"{text[:200]}… (cut to {model.max_length} tokens, the model's limit)"
+        progress.update(f"drawing {sum(m.shape[0] for m in maps)} heads", advance=1)
+        with staged_folder(out) as folder:
+            return {**_write(model_ref, text, tokens, maps, folder), "cut": bool(cut)}
 
 
 def _write(model_ref: str, text: str, tokens: list[str], maps: list, out: Path) -> dict[str, object]:
@@ -49,8 +53,9 @@ def _names_a_model(value: str) -> bool:
 @click.command("viz")
 @click.argument("args", nargs=-1, required=True, metavar="[MODEL] TEXT")
 @model_option
+@quiet_option
 @click.option("--out", type=OutFolder(), default=Path("headwise-viz"), show_default=True)
-def viz_command(args: tuple[str, ...], model_option: str | None, out: Path) -> None:
+def viz_command(args: tuple[str, ...], model_option: str | None, quiet: bool, out: Path) -> None:
     """Attention maps of every head for one text: a PNG grid per layer and attention.html.
 
     \b
@@ -64,7 +69,7 @@ def viz_command(args: tuple[str, ...], model_option: str | None, out: Path) -> N
     argument, text = (None, args[0]) if len(args) == 1 else args
     if argument is None and _names_a_model(text):
         raise click.UsageError(f'{text!r} names a model, and TEXT is missing: headwise viz {text} "The text to look at."')
-    info = render(pick_model(argument, model_option), text, out)
+    info = render(pick_model(argument, model_option), text, out, quiet=quiet)
     if info["cut"]:
         click.echo("the text was longer than the model takes; its first tokens are shown", err=True)
     click.echo(f"{len(info['tokens'])} tokens, {sum(info['layers'])} heads: wrote {out / info['html']} and {len(info['pngs'])} layer PNGs")

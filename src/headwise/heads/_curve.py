@@ -183,7 +183,7 @@ def pruning_curve(
         raise ValueError(f"evaluation needs at least 3 texts to compare similarities, got {len(evaluation)}.")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int, got {seeds!r}.")
-    config = PruneConfig(remove=0) if config is None else config
+    config = dataclasses.replace(PruneConfig(remove=0) if config is None else config, progress=False)
     num_heads = [layer.num_heads for layer in gated_layers(model)]
     total = sum(num_heads)
     counts = _counts(fractions, total, sum(max(n - config.min_heads, 0) for n in num_heads))
@@ -289,7 +289,9 @@ def perplexity_curve(
     evaluation = check_texts(model, evaluation)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ValueError(f"seeds must be a positive int, got {seeds!r}.")
-    config = dataclasses.replace(PruneConfig(remove=0) if config is None else config, granularity=granularity)
+    config = dataclasses.replace(  # the curve reports its own points (on_point): no bar per step
+        PruneConfig(remove=0) if config is None else config, granularity=granularity, progress=False
+    )
     layers = gated_layers(model)
     groups = granularity == "groups"
     units = [layer.num_kv_heads if groups else layer.num_heads for layer in layers]

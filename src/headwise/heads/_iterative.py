@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -13,14 +13,15 @@ from headwise.heads._importance import (
     GRANULARITIES,
     ablation_importance,
     fisher_importance,
+    gradient_importance,
     normalize_per_layer,
 )
 from headwise.heads._prune import kv_heads_of, prune_heads_
-from headwise.heads._scoring import check_texts, gated_layers
+from headwise.heads._scoring import check_texts, gated_layers, progress_bar
 
 __all__ = ["PruneConfig", "prune_by_importance_"]
 
-METHODS = ("fisher", "ablation")
+METHODS = ("fisher", "ablation", "gradient")
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,9 @@ class PruneConfig(WorkflowConfig):
             each head; on all-MiniLM-L6-v2 step 1 with 4 probes reached cosine 0.884 at 50%
             removed where step 2 with 2 probes reached 0.866).
         method: ``"fisher"`` (:func:`fisher_importance`, label-free, a few backward passes
-            per batch) or ``"ablation"`` (:func:`ablation_importance`, one pass per head).
+            per batch), ``"ablation"`` (:func:`ablation_importance`, one pass per head) or
+            ``"gradient"`` (:func:`gradient_importance` of the model's own loss, Michel et
+            al.'s gate gradient; a causal LM's next-token loss, one backward pass per batch).
         normalize: divide scores by their per-layer L2 norm before ranking (Michel et al.);
             off by default: on all-MiniLM-L6-v2 it lowered the cosine curve by 0.02-0.03 at
             20-40% removed (examples/prune_minilm.py).
@@ -41,6 +44,8 @@ class PruneConfig(WorkflowConfig):
         probes: random probes per batch for ``"fisher"``.
         batch_size: texts per forward pass.
         seed: seed of the Fisher probes.
+        progress: show a bar (tqdm when installed, else a log line every tenth) that advances
+            with every head (or group) removed; it is the long part of pruning a model.
         granularity: ``"heads"``, single query heads go (a kv head goes with the last query
             head that reads it; groups may end up of unequal sizes); ``"groups"``, whole kv
             groups go, the kv head with all its query heads (the KV cache shrinks).
@@ -55,6 +60,7 @@ class PruneConfig(WorkflowConfig):
     batch_size: int = 32
     seed: int = 0
     granularity: str = "heads"
+    progress: bool = True
     version: int = 1
 
     def __post_init__(self) -> None:
@@ -67,18 +73,28 @@ class PruneConfig(WorkflowConfig):
             raise ValueError(f"PruneConfig.method must be one of {METHODS}, got {self.method!r}.")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"PruneConfig.granularity must be one of {GRANULARITIES}, got {self.granularity!r}.")
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"PruneConfig.normalize must be a bool, got {self.normalize!r}.")
+        for name in ("normalize", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"PruneConfig.{name} must be a bool, got {getattr(self, name)!r}.")
         self._check_version()
 
 
-def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneConfig) -> list[tuple[int, int]]:
+def prune_by_importance_(
+    model: nn.Module,
+    texts: Sequence[str],
+    config: PruneConfig,
+    *,
+    on_round: Callable[[int, int], None] | None = None,
+) -> list[tuple[int, int]]:
     """Remove ``config.remove`` heads in place, least important first, re-scoring every ``config.step``.
 
     Importance is label-free (self-distillation toward the model as it is at each step,
     which after the first step is already pruned).  Each layer keeps ``config.min_heads``.
     In grouped-query layers single query heads go; a kv head goes with its last query head,
     and groups of unequal size are mapped explicitly (see :func:`prune_heads_`).
+
+    ``on_round(removed, total)`` is called after each round of scoring and removing (e.g. to
+    advance a progress bar of one's own).
 
     Returns:
         the removed heads as (layer, head) in removal order, head indices counted in the
@@ -103,12 +119,25 @@ def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneCo
         )
     origin = [list(range(n)) for n in units]  # current index -> index at the call
     removed: list[tuple[int, int]] = []
+    bar = progress_bar(config.remove, "prune_by_importance_", "kv group" if groups else "head", config.progress)
+    try:
+        _rounds(model, texts, config, layers, origin, removed, bar, on_round)
+    finally:
+        bar(None, None)
+    return removed
+
+
+def _rounds(model, texts, config, layers, origin, removed, bar, on_round) -> None:
+    """Score, remove the lowest ``config.step``, until ``config.remove`` are gone."""
+    groups = config.granularity == "groups"
     while len(removed) < config.remove:
         if config.method == "fisher":
             scores = fisher_importance(
                 model, texts, batch_size=config.batch_size, probes=config.probes, seed=config.seed + len(removed),
                 granularity=config.granularity,
             )
+        elif config.method == "gradient":
+            scores = gradient_importance(model, texts, batch_size=config.batch_size, granularity=config.granularity)
         else:
             scores = ablation_importance(model, texts, batch_size=config.batch_size, granularity=config.granularity)
         if config.normalize:
@@ -125,7 +154,9 @@ def prune_by_importance_(model: nn.Module, texts: Sequence[str], config: PruneCo
             else:
                 plan[layer] = picked
         prune_heads_(model, plan)
-    return removed
+        bar(len(removed), None)
+        if on_round is not None:
+            on_round(len(removed), config.remove)
 
 
 def _lowest(scores: list[torch.Tensor], count: int, min_heads: int) -> dict[int, list[int]]:

@@ -14,7 +14,7 @@ from torch import nn
 
 from headwise._workflow import WorkflowConfig
 from headwise.heads._protocol import check_model
-from headwise.heads._scoring import check_texts
+from headwise.heads._scoring import check_texts, progress_bar
 
 __all__ = ["DistillConfig", "DistillResult", "distill_"]
 
@@ -126,7 +126,7 @@ def distill_(student: nn.Module, teacher: nn.Module, texts: Sequence[str], confi
 
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     modes = {m: m.training for m in (*student.modules(), *teacher.modules())}
-    bar = _progress(config)
+    bar = progress_bar(config.steps, "distill_", "step", config.progress)
     losses: list[float] = []
     start = time.perf_counter()
     try:
@@ -151,7 +151,7 @@ def distill_(student: nn.Module, teacher: nn.Module, texts: Sequence[str], confi
                 loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            bar(step, losses[-1])
+            bar(step + 1, f"loss {losses[-1]:.5f}")
     finally:
         optimizer.zero_grad(set_to_none=True)
         bar(None, None)
@@ -191,29 +191,3 @@ def _batches(count: int, batch_size: int, seed: int, steps: int) -> Iterator[lis
             order = torch.randperm(count, generator=generator).tolist()
         batch, order = order[:batch_size], order[batch_size:]
         yield batch
-
-
-def _progress(config: DistillConfig):
-    """``update(step, loss)``; ``update(None, None)`` closes.  tqdm if installed, else log lines."""
-    if not config.progress:
-        return lambda step, loss: None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        every = max(1, config.steps // 10)
-
-        def log(step, loss):
-            if step is not None and ((step + 1) % every == 0 or step + 1 == config.steps):
-                logger.info("distill_: step %d/%d, loss %.5f", step + 1, config.steps, loss)
-
-        return log
-    bar = tqdm(total=config.steps, desc="distill_", unit="step")
-
-    def update(step, loss):
-        if step is None:
-            bar.close()
-        else:
-            bar.set_postfix(loss=f"{loss:.5f}", refresh=False)
-            bar.update(1)
-
-    return update

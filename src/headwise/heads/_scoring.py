@@ -13,7 +13,7 @@ from headwise.heads._protocol import check_model
 from headwise.heads._prune import attention_layers
 from headwise.modules import Attention
 
-__all__ = ["divergence", "gated_layers", "scoring_mode", "text_batches"]
+__all__ = ["divergence", "gated_layers", "progress_bar", "scoring_mode", "text_batches"]
 
 logger = logging.getLogger("headwise.heads")
 
@@ -49,6 +49,39 @@ def check_texts(model: nn.Module, texts: Sequence[str]) -> list[str]:
                 cut, len(texts), getattr(model, "max_length", "limit of"),
             )
     return texts
+
+
+def progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    """``update(done, note)`` shows ``done`` of ``total`` (``note``: a short status); ``update(None, None)`` closes.
+
+    A tqdm bar when tqdm is installed (it writes plain lines when stderr is not a terminal),
+    else a log line (logger ``headwise.heads``, level INFO) every tenth of the way.
+    """
+    if not enabled:
+        return lambda done, note: None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        every = max(1, total // 10)
+        last = [0]
+
+        def log(done, note):
+            if done is not None and (done - last[0] >= every or done == total):
+                last[0] = done
+                logger.info("%s: %s %d/%d%s", desc, unit, done, total, f", {note}" if note else "")
+
+        return log
+    bar = tqdm(total=total, desc=desc, unit=unit)
+
+    def update(done, note):
+        if done is None:
+            bar.close()
+            return
+        if note:
+            bar.set_postfix_str(note, refresh=False)
+        bar.update(done - bar.n)
+
+    return update
 
 
 def text_batches(model: nn.Module, texts: list[str], batch_size: int) -> Iterator[tuple[int, dict[str, Tensor]]]:
