@@ -19,13 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headwise.models._sentence import as_text_list
+from headwise.models._pipeline import Pipeline, as_text_list
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from headwise.models._files import Staging
-    from headwise.modules import Attention
 
 __all__ = ["CausalLM", "GenerationConfig", "Perplexity", "SpecialTokenIds"]
 
@@ -93,7 +92,7 @@ class Perplexity:
     stride: int
 
 
-class CausalLM(nn.Module):
+class CausalLM(Pipeline):
     """A causal language model: generate, chat, score and inspect its heads.
 
     Args:
@@ -130,24 +129,6 @@ class CausalLM(nn.Module):
         self.source = None if source is None else Path(source)
 
     # -- what the network is ---------------------------------------------------------------------
-
-    @property
-    def config(self) -> Any:
-        """The network's config (a :class:`~headwise.models.LlamaConfig` for Llama)."""
-        return self.network.config
-
-    @property
-    def attention_layers(self) -> list[Attention]:
-        """Each layer's :class:`headwise.Attention`, first layer first."""
-        return self.network.attention_layers
-
-    @property
-    def num_heads(self) -> tuple[int, ...]:
-        return self.network.num_heads
-
-    @property
-    def num_kv_heads(self) -> tuple[int, ...]:
-        return self.network.num_kv_heads
 
     @property
     def max_length(self) -> int:
@@ -459,12 +440,6 @@ class CausalLM(nn.Module):
 
     # -- saving ----------------------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike[str], *, full_heads: bool = False) -> Path:
-        """Write a Hugging Face folder; see :func:`headwise.models.save`."""
-        from headwise.models._io import save
-
-        return save(self, path, full_heads=full_heads)
-
     def save_extras(self, files: Staging) -> None:
         """Stage tokenizer.json and tokenizer_config.json (with the chat template), as transformers reads them."""
         special = self.special
@@ -520,12 +495,6 @@ class CausalLM(nn.Module):
             ids[i, span] = torch.tensor(row, dtype=torch.long)
             real[i, span] = 1
         return {"input_ids": ids.to(device), "attention_mask": real.to(device)}
-
-    def _float_tensor(self) -> Tensor:
-        for p in self.network.parameters():
-            if p.is_floating_point():
-                return p
-        raise ValueError("the network has no floating parameter to take its dtype and device from.")
 
 
 def _at_least_float32(t: Tensor) -> Tensor:

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from headwise.models._files import CheckpointError, Staging, read_json
+from headwise.models._pipeline import Pipeline, as_text_list
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from headwise.modules import Attention
 
 __all__ = ["POOLING_MODES", "SentenceConfig", "SentenceEncoder", "pool"]
 
@@ -242,7 +242,7 @@ def configure_tokenizer(
     return tokenizer
 
 
-class SentenceEncoder(nn.Module):
+class SentenceEncoder(Pipeline):
     """Sentence embeddings from an encoder network, exactly as sentence-transformers computes them.
 
     :func:`headwise.models.load` returns one for an encoder folder (all-MiniLM-L6-v2 by
@@ -294,21 +294,6 @@ class SentenceEncoder(nn.Module):
                 source=self.source / "tokenizer.json" if self.source is not None else "tokenizer",
             )
         self.tokenizer = tokenizer
-
-    @property
-    def config(self) -> Any:
-        """The network's config (a :class:`~headwise.models.BertConfig` for BERT)."""
-        return self.network.config
-
-    @property
-    def attention_layers(self) -> list[Attention]:
-        """Each layer's :class:`headwise.Attention`, first layer first."""
-        return self.network.attention_layers
-
-    @property
-    def num_heads(self) -> tuple[int, ...]:
-        """Each layer's head count, read from its weights (it changes when heads are pruned)."""
-        return self.network.num_heads
 
     @property
     def max_length(self) -> int:
@@ -444,44 +429,8 @@ class SentenceEncoder(nn.Module):
             self.train(was_training)
         return vectors[0] if single else vectors
 
-    def save(self, path: str | os.PathLike[str], *, full_heads: bool = False) -> Path:
-        """Write a Hugging Face / sentence-transformers folder; see :func:`headwise.models.save`."""
-        from headwise.models._io import save
-
-        return save(self, path, full_heads=full_heads)
-
     def save_extras(self, files: Staging) -> None:
         """Stage the pipeline's files beside the weights: tokenizer.json and the sentence-transformers files."""
         if self.tokenizer is not None:
             files.write_text("tokenizer.json", self.tokenizer.to_str(pretty=True))
         write_sentence_files(files, self.sentence_config, hidden_size=self.config.hidden_size)
-
-    def _float_tensor(self) -> Tensor:
-        """A floating parameter: the model's compute dtype and device (also when tables are int8)."""
-        for p in self.network.parameters():
-            if p.is_floating_point():
-                return p
-        raise ValueError("the network has no floating parameter to take its dtype and device from.")
-
-
-def as_text_list(texts: str | Sequence[str]) -> list[str]:
-    """``texts`` as a list of str: a TypeError naming the first non-str entry, a ValueError the first
-    that is not valid Unicode (e.g. bytes of another encoding that reached Python as surrogates)."""
-    if isinstance(texts, str):
-        texts = [texts]
-    if not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}.")
-    bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
-    if bad:
-        raise TypeError(
-            f"texts[{bad[0]}] is a {type(texts[bad[0]]).__name__}, not a str; every text must be a str."
-        )
-    for i, text in enumerate(texts):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as err:
-            raise ValueError(
-                f"text {i} is not valid Unicode at character {err.start} ({text[err.start]!r}): "
-                "it was probably read as bytes of another encoding; decode it (or save the file) as UTF-8."
-            ) from None
-    return list(texts)
