@@ -36,7 +36,7 @@ def experiments_command(
     computed verdict (holds / does not hold / inconclusive) with its effect size and spread.
     The text is Python's own documentation (pydoc_data), split by topic. Finished runs are kept
     in --out/runs and skipped on a rerun, so an interrupted suite resumes. The full suite takes
-    about 45 minutes on 2 CPU cores (docs/claims.md); --quick under 3.
+    an estimated 30-45 minutes on 2 CPU cores (docs/claims.md); --quick under 3.
 
     \b
     Examples:

@@ -6,7 +6,7 @@ with at least three seeds, and a computed verdict (holds / does not hold / incon
 
     from headwise.experiments import run_experiments
 
-    report = run_experiments("claims", "quick")       # about 3 minutes on 2 CPU cores; "full": about 40
+    report = run_experiments("claims", "quick")       # under 3 minutes on 2 CPU cores; "full": 30-45
     for claim in report["claims"]:
         print(claim["number"], claim["title"], claim["status"])
 

@@ -193,10 +193,11 @@ def _scaling(suite: SuiteConfig, results: Results, out: Path) -> ClaimResult:
 
     top = max(dims)
     lr_text = ", ".join(f"{lr:g}" for lr in lrs)
+    over = f"mean over learning rates {lr_text}" if len(lrs) > 1 else f"learning rate {lr_text}"
     verdicts = [
         verdict(
             f"1/sqrt(d_k) reaches a lower best validation loss than unscaled dot products at head dim {top} "
-            f"(mean over learning rates {lr_text})",
+            f"({over})",
             [a - b for a, b in zip(per_seed(top, "none", best), per_seed(top, "sqrt", best), strict=True)],
             floor=LOSS_FLOOR, unit=LOSS,
         )

@@ -61,6 +61,7 @@ def write_page(out: Path, report: dict[str, object], claims: Sequence[ClaimResul
             html_table(claim.headers, claim.rows),
             "</section>",
         ]))
+    threads = report["machine"]["threads"]
     minutes = seconds["total"] / 60 if isinstance(seconds.get("total"), (int, float)) else math.nan
     body = "\n".join([
         "<h1>The seed's claims, measured</h1>",
@@ -68,7 +69,7 @@ def write_page(out: Path, report: dict[str, object], claims: Sequence[ClaimResul
         f"from headwise blocks, trained with AdamW and a warmup + cosine schedule on {html.escape(text['source'])}; "
         f"{text['train_bytes']:,} training and {text['validation_bytes']:,} validation bytes ({html.escape(text['split'])}). "
         f"Seeds {', '.join(map(str, settings['seeds']))}. {runs['total']} runs ({runs['trained']} trained now, "
-        f"{runs['cached']} from the cache), {minutes:.1f} minutes with {report['machine']['threads']} threads. "
+        f"{runs['cached']} from the cache), {minutes:.1f} minutes with {threads} thread{'' if threads == 1 else 's'}. "
         f"headwise {versions['headwise']}, torch {versions['torch']}, Python {versions['python']}. "
         "Numbers: <code>experiments.json</code>.</p>",
         f"<p class=\"meta\">Verdict rule: a test's effect is signed so that positive is what the claim predicts, one value "
