@@ -128,3 +128,36 @@ def test_decoder_report_in_chromium(tmp_path):
         assert page.get_attribute("#map", "data-layer") == "1" and page.get_attribute("#map", "data-head") == "3"
         browser.close()
     assert errors == []
+
+
+def test_experiments_page_in_chromium(tmp_path):
+    """The experiments page of a tiny suite: every figure decodes, six claims, a computed verdict each."""
+    import torch
+    from playwright.sync_api import sync_playwright
+
+    threads = torch.get_num_threads()
+    result = CliRunner().invoke(main, ["experiments", "--suite", "tiny", "--out", str(tmp_path), "--threads", "1"])
+    torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser, page = _open(p, (tmp_path / "experiments.html").as_uri(), errors)
+        figures = page.locator("figure[data-figure]")
+        assert figures.count() == 10
+        for i in range(figures.count()):
+            size = figures.nth(i).locator("img").evaluate("img => [img.naturalWidth, img.naturalHeight]")
+            assert size[0] > 100 and size[1] > 100, (figures.nth(i).get_attribute("data-figure"), size)
+            box = figures.nth(i).bounding_box()
+            assert box is not None and box["width"] > 100 and box["height"] > 100
+        sections = page.locator("section[data-claim]")
+        assert sections.count() == 6
+        for i in range(6):
+            status = sections.nth(i).locator("h2 [data-status]").get_attribute("data-status")
+            assert status in ("holds", "does not hold", "inconclusive")
+            assert sections.nth(i).locator("li[data-primary=true]").count() >= 1
+            assert sections.nth(i).locator("table tr").count() >= 3
+        assert page.locator("table").first.locator("tr").count() == 7  # the verdicts: a header and six claims
+        page.screenshot(path=str(tmp_path / "screenshot.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert (tmp_path / "screenshot.png").stat().st_size > 50_000

@@ -6,6 +6,7 @@ import click
 
 from headwise.cli.analyze_cmd import analyze_command
 from headwise.cli.bench_cmd import bench_command
+from headwise.cli.experiments_cmd import experiments_command
 from headwise.cli.generate_cmd import chat_command, generate_command, perplexity_command
 from headwise.cli.inspect_cmd import inspect_command
 from headwise.cli.prune_cmd import prune_command
@@ -40,6 +41,7 @@ def main() -> None:
       headwise viz "The cat sat on the mat."
       headwise report --out report
       headwise bench --quick
+      headwise experiments --quick --out claims
     """
 
 
@@ -52,3 +54,4 @@ main.add_command(report_command)
 main.add_command(generate_command)
 main.add_command(chat_command)
 main.add_command(perplexity_command)
+main.add_command(experiments_command)
