@@ -260,7 +260,9 @@ def test_bench_generate_quick():
         for case in ("decode batch 1", "decode batch 2", "prefill 64")
         for impl in ("hw_f32", "hw_bf16", "hw_int8")
     ]
-    assert all(_positive_finite(r["ratio"]) for r in rows)
+    # a prefill is one timed pass; a quick decode row is a difference of two single-round timings
+    # of 9 and 1 tokens, which a loaded machine can make any sign: only prefill ratios are checked
+    assert all(_positive_finite(r["ratio"]) for r in rows if r["case"].startswith("prefill"))
 
 
 def test_moved_names_say_where_they_went():
