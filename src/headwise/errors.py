@@ -15,6 +15,7 @@ __all__ = [
     "BackendError",
     "CheckpointError",
     "ShapeError",
+    "TorchCompatError",
     "TorchCompatShapeError",
     "divisors",
     "fmt_shape",
@@ -24,6 +25,14 @@ __all__ = [
 
 class ShapeError(ValueError):
     """A tensor has a shape that does not fit the documented layout."""
+
+
+class TorchCompatError(ValueError, AssertionError):
+    """An input the drop-in :class:`headwise.MultiheadAttention` refuses where torch's layer does.
+
+    ``torch.nn.MultiheadAttention`` raises ``AssertionError`` for them (a nested tensor outside
+    its fast path); this class is both, and its message starts with torch's.
+    """
 
 
 class TorchCompatShapeError(ShapeError, AssertionError):
