@@ -1,7 +1,7 @@
 """headwise: multi-head attention for PyTorch, done head by head."""
 
 from headwise import functional
-from headwise.errors import BackendError, CheckpointError, ShapeError, TorchCompatShapeError
+from headwise.errors import BackendError, CheckpointError, ShapeError, TorchCompatError, TorchCompatShapeError
 from headwise.functional import attention, explain
 from headwise.modules import Attention, KVCache, MultiheadAttention, RotaryEmbedding, replace_mha_
 from headwise.quant import QuantConfig, quantize_
@@ -17,6 +17,7 @@ __all__ = [
     "QuantConfig",
     "RotaryEmbedding",
     "ShapeError",
+    "TorchCompatError",
     "TorchCompatShapeError",
     "__version__",
     "attention",

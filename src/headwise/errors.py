@@ -7,6 +7,7 @@ and a hint.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,7 @@ __all__ = [
     "BackendError",
     "CheckpointError",
     "ShapeError",
+    "TorchCompatError",
     "TorchCompatShapeError",
     "divisors",
     "fmt_shape",
@@ -24,6 +26,14 @@ __all__ = [
 
 class ShapeError(ValueError):
     """A tensor has a shape that does not fit the documented layout."""
+
+
+class TorchCompatError(ValueError, AssertionError):
+    """An input the drop-in :class:`headwise.MultiheadAttention` refuses where torch's layer does.
+
+    ``torch.nn.MultiheadAttention`` raises ``AssertionError`` for them (a nested tensor outside
+    its fast path); this class is both, and its message starts with torch's.
+    """
 
 
 class TorchCompatShapeError(ShapeError, AssertionError):
@@ -55,15 +65,21 @@ def fmt_shape(shape: Sequence[int] | torch.Size) -> str:
 
 
 def divisors(n: int) -> list[int]:
-    """All positive divisors of ``n`` in increasing order."""
-    return [d for d in range(1, n + 1) if n % d == 0]
+    """All positive divisors of ``n`` in increasing order (found up to sqrt(n))."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return small + [n // d for d in reversed(small) if d * d != n]
+
+
+#: sizes up to which a message lists every divisor (a corrupt config may hold 10**12)
+_LISTED_DIVISORS = 10**8
 
 
 def heads_do_not_divide(embed_dim: int, num_heads: int, *, suggest_head_dim: bool = False) -> str:
     """The message for an ``embed_dim`` that ``num_heads`` does not divide."""
     message = (
         f"embed_dim={embed_dim} is not divisible by num_heads={num_heads} (head_dim would be "
-        f"{embed_dim / num_heads:g}); use a num_heads that divides {embed_dim}: "
-        f"{', '.join(str(d) for d in divisors(embed_dim))}"
+        f"{embed_dim / num_heads:g}); use a num_heads that divides {embed_dim}"
     )
+    if 0 < embed_dim <= _LISTED_DIVISORS:
+        message += f": {', '.join(str(d) for d in divisors(embed_dim))}"
     return message + (", or pass head_dim explicitly." if suggest_head_dim else ".")

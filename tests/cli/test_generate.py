@@ -36,7 +36,7 @@ def test_generate_streams_what_the_library_generates(decoder):
     assert again.output == model.generate("The cat", max_new_tokens=12, do_sample=True, seed=3) + "\n"
 
 
-def test_chat_from_messages_and_from_standard_input(decoder):
+def test_chat_from_messages_and_from_standard_input(decoder, recwarn):
     model, folder = decoder
     first = model.chat([{"role": "user", "content": "Hi"}], max_new_tokens=6)
     second = model.chat(
@@ -49,9 +49,10 @@ def test_chat_from_messages_and_from_standard_input(decoder):
     assert result.output == f"{first}\n{second}\n"
     piped = CliRunner().invoke(main, args, input="Hi\n\nBye\n")
     assert piped.output == result.output
+    assert [str(w.message) for w in recwarn if issubclass(w.category, DeprecationWarning)] == []  # click's stdin API
 
 
-def test_perplexity_of_a_file(decoder, tmp_path):
+def test_perplexity_of_a_file(decoder, tmp_path, recwarn):
     model, folder = decoder
     path = tmp_path / "text.txt"
     path.write_text("The quick brown fox.\nIt jumps over the dog.\n", encoding="utf-8")
@@ -61,6 +62,7 @@ def test_perplexity_of_a_file(decoder, tmp_path):
     assert json.loads(result.stdout)["value"] == pytest.approx(expected.value, rel=1e-12)
     piped = CliRunner().invoke(main, ["perplexity", "--model", str(folder), "--texts", "-"], input=path.read_text())
     assert piped.exit_code == 0 and f"perplexity {expected.value:.3f}" in piped.output
+    assert [str(w.message) for w in recwarn if issubclass(w.category, DeprecationWarning)] == []  # click's stdin API
 
 
 @pytest.mark.parametrize(

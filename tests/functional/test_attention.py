@@ -336,3 +336,56 @@ def test_kv_index_errors():
         attention(q, k, v, kv_index=(0, 1))
     with pytest.raises(TypeError, match="kv_index must be a sequence of kv head indices"):
         attention(q, k, v, kv_index=3)
+
+
+def _nan_case_mask(kind: str, lq: int, s: int) -> tuple[torch.Tensor | None, bool, list[int]]:
+    """(attn_mask, is_causal, fully masked query rows) for the NaN tests; rows 1 and 3 hold the NaN / stay clean."""
+    if kind == "none":
+        return None, False, []
+    if kind == "causal":
+        return None, True, []
+    if kind == "causal_short_keys":  # bottom-right causal with more queries than keys: row 0 sees nothing
+        return None, True, list(range(lq - s))
+    if kind == "padding":
+        mask = torch.ones(2, 1, 1, s, dtype=torch.bool)
+        mask[1, ..., -2:] = False
+        return mask, False, []
+    mask = torch.rand(lq, s) > 0.3
+    mask[:, 0] = True
+    mask[4] = False  # row 4 attends nothing
+    if kind == "float":
+        return torch.zeros(lq, s, dtype=torch.float64).masked_fill(~mask, float("-inf")), False, [4]
+    return mask, False, [4]
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "weights", "weights_large_maps", "math"])
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "causal_short_keys", "padding", "bool", "float"])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_nan_in_a_query_row_gives_nan_in_that_row_only(backend, mask_kind, kv_heads):
+    """A NaN query row gives a NaN output row on every backend (the fused CPU kernel alone would give zeros);
+    the other rows equal the clean computation, and rows with no key stay zero."""
+    lq = 8 if mask_kind == "causal_short_keys" else 6
+    s = 6
+    q, k, v = qkv(b=2, h=4, k=kv_heads, lq=lq, s=s, d=8, dtype=torch.float64)
+    mask, is_causal, dead = _nan_case_mask(mask_kind, lq, s)
+    poisoned = q.clone().requires_grad_(backend == "weights_large_maps")
+    row = dead[-1] + 1 if mask_kind == "causal_short_keys" else 1
+    poisoned.data[0, 1, row, 2] = float("nan")  # one element of one query row of one head
+    need_weights = backend != "sdpa"
+    kwargs = dict(attn_mask=mask, is_causal=is_causal, need_weights=need_weights)
+    if backend == "weights_large_maps":  # with autograd on large maps: the fused output, weights beside it
+        request = build_request(poisoned, k, v, scale=None, dropout_p=0.0, average_weights=False, **kwargs)
+        out, weights = _weights_backend(small_maps=0).run(request)
+    else:
+        out, weights = attention(poisoned, k, v, backend=backend, **kwargs)
+    ref, ref_weights = attention(q, k, v, backend="math", attn_mask=mask, is_causal=is_causal, need_weights=True)
+    assert out[0, 1, row].isnan().all()
+    clean = torch.ones(out.shape[:3], dtype=torch.bool)
+    clean[0, 1, row] = False
+    assert out[clean].isfinite().all()
+    torch.testing.assert_close(out[clean], ref[clean], atol=1e-12, rtol=0)
+    if weights is not None:
+        assert weights[0, 1, row].isnan().all()
+        torch.testing.assert_close(weights[clean], ref_weights[clean], atol=1e-12, rtol=0)
+    for r in dead:
+        assert (out[:, :, r] == 0).all() and (ref[:, :, r] == 0).all()

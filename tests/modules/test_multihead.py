@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -355,3 +356,180 @@ def test_3d_mask_equals_each_sample_with_its_2d_mask():
     for i in range(8):
         single, _ = ours(query[i, :, None], key[i, :, None], key[i, :, None], attn_mask=mask[i])  # (T, 1, E)
         torch.testing.assert_close(batched[:, i : i + 1], single, atol=1e-12, rtol=0)
+
+
+# ---------------------------------------------------------------- nested tensors, tracing, compiling, is_causal
+
+
+def _nested_pair(dtype=torch.float32, num_heads=2):
+    ref = nn.MultiheadAttention(8, num_heads, batch_first=True, dtype=dtype).eval()
+    with torch.no_grad():
+        ref.in_proj_bias.normal_()  # torch initialises biases to zero; make them count
+        ref.out_proj.bias.normal_()
+    return ref, MultiheadAttention.from_torch(ref)
+
+
+LENGTHS = (3, 5, 1)
+
+
+def _nested_input(dtype):
+    return torch.nested.nested_tensor([torch.randn(n, 8, dtype=dtype) for n in LENGTHS])
+
+
+@pytest.mark.parametrize(("need_weights", "average"), [(True, True), (True, False), (False, True)])
+def test_nested_input_matches_torchs_fast_path(need_weights, average):
+    """A nested tensor where torch takes it (eval, no autograd, self-attention): a nested output as close to torch's
+    float64 result as torch's own float32 one, and torch's padded weights (zero in padded rows and columns)."""
+    ref, ours = _nested_pair()
+    ref64 = copy.deepcopy(ref).double()
+    x = _nested_input(torch.float32)
+    x64 = torch.nested.nested_tensor([part.double() for part in x.unbind()])
+    kwargs = dict(need_weights=need_weights, average_attn_weights=average)
+    with torch.no_grad():
+        out, w = ours(x, x, x, **kwargs)
+        ref_out, ref_w = ref(x, x, x, **kwargs)
+        out64, w64 = ref64(x64, x64, x64, **kwargs)
+    assert out.is_nested and out.layout == torch.strided
+    assert [part.shape for part in out.unbind()] == [(n, 8) for n in LENGTHS]
+    for got, low, high in zip(out.unbind(), ref_out.unbind(), out64.unbind(), strict=True):
+        assert_close_to_oracle(got, high, low)
+    if not need_weights:
+        assert w is None and ref_w is None
+        return
+    assert w.shape == ref_w.shape == ((3, 5, 5) if average else (3, 2, 5, 5))
+    assert not w.is_nested
+    assert_close_to_oracle(w, w64, ref_w)
+    assert (w == 0).equal(ref_w == 0)  # the same padded rows and columns are zero
+
+
+def test_nested_input_equals_padding_with_a_key_padding_mask():
+    """float64 identity: nested in, nested out, equal to the padded batch with its padding mask (and to each
+    sequence alone), with the layer's parameters requiring no grad instead of torch.no_grad()."""
+    _, ours = _nested_pair(torch.float64)
+    ours.requires_grad_(False)
+    x = _nested_input(torch.float64)
+    out, w = ours(x, x, x, average_attn_weights=False)
+    padded = torch.nested.to_padded_tensor(x, 0.0)  # (B, L_max, E)
+    pad = torch.arange(5) >= torch.tensor(LENGTHS)[:, None]  # (B, L_max), True = padding
+    want, want_w = ours(padded, padded, padded, key_padding_mask=pad, average_attn_weights=False)
+    for i, (n, part) in enumerate(zip(LENGTHS, out.unbind(), strict=True)):
+        torch.testing.assert_close(part, want[i, :n], atol=1e-12, rtol=0)
+        alone, alone_w = ours(x.unbind()[i], x.unbind()[i], x.unbind()[i], average_attn_weights=False)  # (n, E)
+        torch.testing.assert_close(part, alone, atol=1e-12, rtol=0)
+        torch.testing.assert_close(w[i, :, :n, :n], alone_w, atol=1e-12, rtol=0)
+    torch.testing.assert_close(w, want_w * ~pad[:, None, :, None], atol=1e-12, rtol=0)
+
+
+def test_nested_input_with_is_causal_is_causal_per_sequence():
+    """torch's fast path ignores is_causal; headwise applies it, sequence by sequence."""
+    _, ours = _nested_pair(torch.float64)
+    x = _nested_input(torch.float64)
+    with torch.no_grad():
+        out, _ = ours(x, x, x, is_causal=True, need_weights=False)
+        for part, seq in zip(out.unbind(), x.unbind(), strict=True):
+            mask = nn.Transformer.generate_square_subsequent_mask(seq.shape[0], dtype=torch.float64)
+            want, _ = ours(seq, seq, seq, attn_mask=mask, need_weights=False)
+            torch.testing.assert_close(part, want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_jit_trace_passes_its_check(training, need_weights, self_attention):
+    """torch.jit.trace with check_trace=True (the default): the second trace, run without autograd, records the
+    same graph; the traced layer equals the eager one on new inputs."""
+    ours = MultiheadAttention(E, H, batch_first=True, dtype=torch.float64).train(training)
+
+    class Call(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = ours
+
+        def forward(self, query: Tensor, memory: Tensor) -> tuple[Tensor, Tensor] | Tensor:
+            key = query if self_attention else memory
+            out, weights = self.attn(query, key, key, need_weights=need_weights)
+            return (out, weights) if need_weights else out
+
+    call = Call()
+    x, memory = torch.randn(B, L, E, dtype=torch.float64), torch.randn(B, S, E, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's deprecation notice and its TracerWarnings about shape checks
+        traced = torch.jit.trace(call, (x, memory), check_trace=True)
+    x2, memory2 = torch.randn_like(x), torch.randn_like(memory)
+    got, want = traced(x2, memory2), call(x2, memory2)
+    for a, b in zip(got if need_weights else (got,), want if need_weights else (want,), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.fixture
+def fresh_dispatch(monkeypatch):
+    """No attention backend loaded or chosen yet, as in a new process: the first choice happens while compiling."""
+    from headwise.functional import _dispatch
+
+    monkeypatch.setattr(_dispatch, "_LOADED", {})
+    monkeypatch.setattr(_dispatch, "_CHOSEN", {})
+
+
+@pytest.mark.parametrize("mode", ["training", "eval"])
+def test_compiled_transformer_encoder_matches_eager(mode, fresh_dispatch):
+    """A torch TransformerEncoder holding headwise's layers compiles as one graph (fullgraph) and matches eager:
+    in training the encoder layer's fast-path check fails and calls headwise's layer; in eval under no_grad it
+    passes and torch's fused layer runs on the same parameters."""
+    torch._dynamo.reset()
+    layer = nn.TransformerEncoderLayer(E, 4, dim_feedforward=24, dropout=0.0, batch_first=True, dtype=torch.float64)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).train(mode == "training")
+    assert replace_mha_(model) == 2
+    x = torch.randn(B, L, E, dtype=torch.float64)
+    pad = torch.zeros(B, L, dtype=torch.bool)
+    pad[1, -2:] = True
+    with torch.set_grad_enabled(mode == "training"):
+        compiled = torch.compile(model, fullgraph=True)(x, src_key_padding_mask=pad)
+        eager = model(x, src_key_padding_mask=pad)
+    torch.testing.assert_close(compiled[~pad], eager[~pad], atol=1e-10, rtol=0)
+
+
+def test_compiled_layer_with_weights_from_a_fresh_dispatch(fresh_dispatch):
+    """The first backend choice (a fallback from 'sdpa' to 'weights') inside a compiled region: no graph break."""
+    torch._dynamo.reset()
+    ours = MultiheadAttention(E, H, batch_first=True, dtype=torch.float64)
+    x = torch.randn(B, L, E, dtype=torch.float64)
+    compiled = torch.compile(ours, fullgraph=True)(x, x, x)
+    eager = ours(x, x, x)
+    torch.testing.assert_close(compiled[0], eager[0], atol=1e-10, rtol=0)
+    torch.testing.assert_close(compiled[1], eager[1], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["training", "eval", "inference"])
+def test_is_causal_without_a_mask_is_causal_in_every_mode(mode):
+    """headwise's choice: is_causal=True without attn_mask applies the causal mask.  torch's layer raises in
+    training and, on its inference fast path, ignores the flag (a non-causal result)."""
+    ref = nn.MultiheadAttention(E, 4, batch_first=True, dtype=torch.float64)
+    ours = MultiheadAttention.from_torch(ref)
+    for layer in (ref, ours):
+        layer.train(mode == "training")
+    x = torch.randn(B, L, E, dtype=torch.float64)
+    causal = nn.Transformer.generate_square_subsequent_mask(L, dtype=torch.float64)
+    with torch.set_grad_enabled(mode != "inference"):
+        got, _ = ours(x, x, x, is_causal=True)
+        want, _ = ref(x, x, x, attn_mask=causal)
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+        if mode == "training":
+            with pytest.raises(RuntimeError, match="Need attn_mask if specifying the is_causal hint"):
+                ref(x, x, x, is_causal=True)
+        elif mode == "inference":
+            ignored, _ = ref(x, x, x, is_causal=True)
+            plain, _ = ref(x, x, x)
+            torch.testing.assert_close(ignored, plain, atol=0, rtol=0)
+
+
+def test_export_matches_eager():
+    """torch.export, one of the two paths the TorchScript refusal names, works on the layer."""
+    ours = MultiheadAttention(E, H, batch_first=True, dtype=torch.float64).eval()
+    x = torch.randn(B, L, E, dtype=torch.float64)
+    pad = torch.zeros(B, L, dtype=torch.bool)
+    pad[1, -1] = True
+    program = torch.export.export(ours, (x, x, x), kwargs={"key_padding_mask": pad})
+    got = program.module()(x, x, x, key_padding_mask=pad)
+    want = ours(x, x, x, key_padding_mask=pad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)

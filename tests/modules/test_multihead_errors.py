@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
-from headwise import MultiheadAttention, ShapeError, TorchCompatShapeError
+from headwise import MultiheadAttention, ShapeError, TorchCompatError, TorchCompatShapeError, replace_mha_
 
 
 def test_embed_dim_not_divisible_lists_divisors():
@@ -126,11 +128,94 @@ def test_device_mismatch():
         m(x, x, x)
 
 
-def test_nested_tensor_is_refused_with_a_hint():
-    m = MultiheadAttention(10, 5, batch_first=True)
-    nt = torch.nested.nested_tensor([torch.randn(4, 10), torch.randn(6, 10)], layout=torch.jagged)
-    with pytest.raises(TypeError, match="query is a nested tensor; .* pad the sequences and pass key_padding_mask"):
-        m(nt, nt, nt)
+def _nested(dim=8, layout=torch.strided):
+    return torch.nested.nested_tensor([torch.randn(3, dim), torch.randn(5, dim)], layout=layout)
+
+
+#: nested inputs outside torch's fast path: (layer arguments, how to call, what torch says)
+NESTED_REFUSALS = {
+    "training": (dict(), dict(train=True), "training is enabled"),
+    "autograd": (dict(), dict(grad=True), "grad is enabled and at least one of query"),
+    "cross-attention": (dict(), dict(cross=True), "non-self attention was used"),
+    "odd heads": (dict(num_heads=1), dict(), "self.num_heads is not even"),
+    "sequence first": (dict(batch_first=False), dict(), "batch_first was not True"),
+    "bias_kv": (dict(add_bias_kv=True), dict(), "self.bias_k was not None"),
+    "zero_attn": (dict(add_zero_attn=True), dict(), "add_zero_attn was enabled"),
+    "kdim": (dict(kdim=6, vdim=6), dict(), "in_proj_weight was None"),
+    "padding mask": (dict(), dict(kpm=True), "supplying both src_key_padding_mask and src_mask"),
+    "float mask": (dict(), dict(attn=True), "supplying both src_key_padding_mask and src_mask"),
+    "jagged layout": (dict(), dict(layout=torch.jagged), "some Tensor argument has_torch_function"),
+    "fast path off": (dict(), dict(fastpath=False), "torch.backends.mha.get_fastpath_enabled() was not True"),
+}
+
+
+@pytest.mark.parametrize("case", list(NESTED_REFUSALS))
+def test_nested_input_outside_torchs_fast_path_raises_torchs_error(case):
+    """Where torch's layer refuses a nested tensor, headwise's refuses it with torch's message (and a hint)."""
+    config, call, reason = NESTED_REFUSALS[case]
+    config = {"num_heads": 2, "batch_first": True, **config}
+    ref = torch.nn.MultiheadAttention(8, **config)
+    ours = MultiheadAttention(8, **config)
+    ours.load_state_dict(ref.state_dict())
+    x = _nested(layout=call.get("layout", torch.strided))
+    args = (x, _nested(), _nested()) if call.get("cross") else (x, x, x)
+    kwargs = {}
+    if call.get("kpm"):
+        kwargs["key_padding_mask"] = torch.zeros(2, 5, dtype=torch.bool)
+    if call.get("attn"):
+        kwargs["attn_mask"] = torch.zeros(5, 5)
+    messages = []
+    for layer in (ref, ours):
+        layer.train(call.get("train", False))
+        grad, fastpath = call.get("grad", False), call.get("fastpath", True)
+        with torch.set_grad_enabled(grad), _fastpath(fastpath), pytest.raises(AssertionError) as caught:
+            layer(*args, **kwargs)
+        messages.append(" ".join(str(caught.value).split()))  # torch's own message wraps one reason oddly
+    theirs, got = messages
+    assert reason in theirs
+    assert got.startswith(theirs.rstrip(".")), (got, theirs)
+    assert "pad them (torch.nested.to_padded_tensor) and pass key_padding_mask" in got
+    assert isinstance(caught.value, TorchCompatError) and isinstance(caught.value, ValueError)
+
+
+class _fastpath:
+    """torch.backends.mha's fast-path switch, restored on exit."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        self.before = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(self.enabled)
+
+    def __exit__(self, *exc) -> None:
+        torch.backends.mha.set_fastpath_enabled(self.before)
+
+
+def test_nested_input_without_bias_names_the_reason():
+    """torch's layer refuses it too, but its message gives no reason; headwise names bias=False."""
+    ref = torch.nn.MultiheadAttention(8, 2, batch_first=True, bias=False).eval()
+    ours = MultiheadAttention.from_torch(ref)
+    x = _nested()
+    with torch.no_grad():
+        with pytest.raises(AssertionError, match="The fast path was not hit because $"):
+            ref(x, x, x)
+        with pytest.raises(TorchCompatError, match=r"not hit because in_proj_bias was None \(the layer was built with bias=False\)"):
+            ours(x, x, x)
+
+
+def test_torchscript_is_refused_with_the_supported_paths():
+    """torch.jit.script (deprecated) of the layer, or of a model holding it: one TypeError naming torch.compile and
+    torch.export."""
+    msg = r"MultiheadAttention \(headwise\) cannot be compiled by torch.jit.script: TorchScript is deprecated.*torch.compile\(model\).*torch.export.export\(model, args\)"
+    layer = torch.nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, batch_first=True)
+    model = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    assert replace_mha_(model) == 2
+    for target in (MultiheadAttention(8, 2), model):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch's own notice that TorchScript is deprecated
+            with pytest.raises(TypeError, match=msg):
+                torch.jit.script(target)
 
 
 # torch's own messages (and exception type) for rank mistakes still hold

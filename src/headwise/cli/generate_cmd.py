@@ -87,8 +87,9 @@ def chat_command(model_ref: str, system: str | None, messages: tuple[str, ...], 
     settings = _settings(**generation)
     model = _decoder(model_ref)
     history = [] if system is None else [{"role": "system", "content": system}]
-    interactive = not messages and click.get_text_stream("stdin").isatty()
-    lines = messages or click.get_text_stream("stdin")
+    stdin = click.open_file("-")  # standard input as text (click.get_text_stream is deprecated in click 8.5)
+    interactive = not messages and stdin.isatty()
+    lines = messages or stdin
     if interactive:
         click.echo("(an empty line or Ctrl-D ends the chat)", err=True)
     for line in lines:
@@ -120,7 +121,7 @@ def perplexity_command(model_ref: str, texts_path: str, context_length: int | No
     import json
     from dataclasses import asdict
 
-    stream = click.get_text_stream("stdin") if texts_path == "-" else None
+    stream = click.open_file("-") if texts_path == "-" else None
     try:
         text = stream.read() if stream is not None else Path(texts_path).read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

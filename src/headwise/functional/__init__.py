@@ -15,7 +15,8 @@ D     head dimension (``head_dim``)
 Internal layout is (B, H, L, D).  Masks have one polarity: a boolean mask is
 ``True`` where a query *may attend* a key; a floating mask is added to the scores.
 A query row whose keys are all masked gives a zero output row and zero weights on
-every backend, never NaN, forward and backward.
+every backend, never NaN, forward and backward; a query row holding a NaN gives a NaN
+output row on every backend (NaN in, NaN out), fused or not.
 
 :func:`attention` dispatches to a backend (:data:`PRIORITY`): ``"sdpa"``, PyTorch's
 fused kernel, when no weights are returned; ``"weights"`` when they are (memory-lean:

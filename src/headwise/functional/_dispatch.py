@@ -16,11 +16,12 @@ backend's reason.  A backend named explicitly that cannot serve the call raises
 
 from __future__ import annotations
 
-import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import torch
 from torch import Tensor
 
 from headwise.errors import BackendError
@@ -35,11 +36,29 @@ _log = logging.getLogger("headwise.functional")
 #: (dropout with weights, a trainable float mask).
 PRIORITY: tuple[str, ...] = ("sdpa", "weights", "math")
 
-_MODULES = {
-    "sdpa": "headwise.functional._backends.sdpa",
-    "weights": "headwise.functional._backends.weights",
-    "math": "headwise.functional._backends.math",
-}
+
+# Each loader imports its backend's module with an import statement, which torch.compile
+# traces even when the first call of a backend happens inside a compiled region
+# (importlib.import_module is a function dynamo refuses to trace).
+def _load_sdpa() -> Backend:
+    from headwise.functional._backends.sdpa import BACKEND
+
+    return BACKEND
+
+
+def _load_weights() -> Backend:
+    from headwise.functional._backends.weights import BACKEND
+
+    return BACKEND
+
+
+def _load_math() -> Backend:
+    from headwise.functional._backends.math import BACKEND
+
+    return BACKEND
+
+
+_MODULES: dict[str, Callable[[], Backend]] = {"sdpa": _load_sdpa, "weights": _load_weights, "math": _load_math}
 _LOADED: dict[str, Backend] = {}
 #: backend="auto"'s choice for each signature seen
 _CHOSEN: dict[Signature, Backend] = {}
@@ -78,7 +97,7 @@ def get_backend(name: str) -> Backend:
         raise ValueError(
             f"unknown attention backend {name!r}; expected 'auto' or one of {sorted(_MODULES)}."
         )
-    backend = _LOADED[name] = importlib.import_module(_MODULES[name]).BACKEND
+    backend = _LOADED[name] = _MODULES[name]()
     return backend
 
 
@@ -106,7 +125,8 @@ def _first_able(request: AttentionRequest) -> Backend:
         reason = candidate.check(request)
         if reason is None:
             return candidate
-        _log.debug("attention backend %r skipped: %s", name, reason)
+        if not torch.compiler.is_compiling():  # a compiled region holds no logging call (a graph break)
+            _log.debug("attention backend %r skipped: %s", name, reason)
     raise BackendError("no attention backend can run this call")  # math always can
 
 

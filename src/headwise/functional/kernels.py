@@ -118,18 +118,33 @@ def sdpa(
 ) -> Tensor:
     """``F.scaled_dot_product_attention`` with grouped-query heads on every supported torch.
 
+    A query row holding a NaN gives a NaN output row, as the math path computes it: PyTorch's
+    CPU flash kernel returns a zero row there (its online softmax never sees a finite maximum
+    and takes the row for fully masked), so the NaN is put back from the query.
+
     Shape:
         query (B, H, L, D), key (B, K, S, D), value (B, K, S, Dv) -> (B, H, L, Dv).
     """
     heads, kv_heads = query.shape[1], key.shape[1]
     if kv_heads != heads:
         if _HAS_GQA:
-            return F.scaled_dot_product_attention(
+            output = F.scaled_dot_product_attention(
                 query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
                 enable_gqa=True,
             )  # (B, H, L, Dv)
+            return _nan_rows_of(query, output)
         key = expand_kv(key, heads)  # (B, H, S, D)
         value = expand_kv(value, heads)  # (B, H, S, Dv)
-    return F.scaled_dot_product_attention(
+    output = F.scaled_dot_product_attention(
         query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
     )  # (B, H, L, Dv)
+    return _nan_rows_of(query, output)
+
+
+def _nan_rows_of(query: Tensor, output: Tensor) -> Tensor:
+    """``output`` with NaN in every row whose query holds a NaN.
+
+    Shape:
+        query (B, H, L, D), output (B, H, L, Dv) -> (B, H, L, Dv).
+    """
+    return output.masked_fill(query.isnan().any(dim=-1, keepdim=True), float("nan"))  # (B, H, L, Dv)

@@ -25,6 +25,8 @@ def _fits(value: Any, kind: type) -> bool:
         return False
     if kind is float:
         return isinstance(value, (int, float))
+    if kind is int:
+        return isinstance(value, int) and -(2**63) <= value < 2**63
     return isinstance(value, kind)
 
 
@@ -56,12 +58,22 @@ def config_values(
 def _typed(value: Any, kind: type, key: str, path: Path) -> Any:
     if not _fits(value, kind):
         hint = ""
-        if kind in (int, float) and isinstance(value, str):
-            hint = f"; write it without quotes, e.g. {value.strip()}" if value.strip() else ""
+        if kind in (int, float) and isinstance(value, str) and _is_number(value, kind):
+            hint = f"; write it without quotes, e.g. {value.strip()}"
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            hint = " that fits in 64 bits"
         raise CheckpointError(
             f"{path}: {key!r} is {value!r} ({type(value).__name__}); expected {_KINDS[kind]}{hint}."
         )
     return float(value) if kind is float else value
+
+
+def _is_number(text: str, kind: type) -> bool:
+    try:
+        kind(text.strip())
+    except ValueError:
+        return False
+    return True
 
 
 def head_counts(raw: Mapping[str, Any], key: str, path: Path) -> tuple[int, ...] | None:

@@ -480,6 +480,14 @@ def _expected_shapes(config: Mapping[str, Any], tied: bool) -> dict[str, tuple[s
 
 def _map_tensors(raw: Mapping[str, Any], config: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """HF key -> ReaderTensor, after checking names, shapes and types of every tensor."""
+    layers = config["num_hidden_layers"]
+    blocks = {name.split(".")[1] for name in raw if name.startswith("blk.")}
+    if layers > len(blocks):  # checked before listing every block's tensors (a corrupt count may be huge)
+        raise CheckpointError(
+            f"{path}: metadata key {ARCHITECTURE + '.block_count'!r} is {layers}, but the file holds the tensors "
+            f"of {len(blocks)} blocks (blk.N.*); the metadata and the weights disagree. The file is corrupt: "
+            "convert it again."
+        )
     expected = _expected_shapes(config, config["tie_word_embeddings"])
     wanted = {gguf_name for gguf_name, _ in expected.values()}
     unexpected = [name for name in raw if name not in wanted]

@@ -19,7 +19,7 @@ from headwise.errors import CheckpointError
 from headwise.models._causal import CausalLM, SpecialTokenIds
 from headwise.models._files import read_json, staged
 from headwise.models._sentence import SentenceEncoder, read_sentence_config, read_tokenizer
-from headwise.models._sources import WEIGHTS_NAME, folder_source
+from headwise.models._sources import WEIGHTS_NAME, TensorSource, folder_source
 from headwise.models._spec import ArchitectureSpec, checkpoint_state, load_network
 from headwise.models.bert import BERT
 from headwise.models.llama import LLAMA
@@ -135,18 +135,39 @@ def load(
     if not isinstance(raw, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object, got {type(raw).__name__}.")
     spec = spec_for(raw.get("model_type"), config_path)
+    source = folder_source(folder)  # the weights' header: names, shapes, dtypes
+    _check_layer_count(spec, raw, config_path, source)
     config = spec.read_config(raw, config_path)
     if spec is LLAMA:
         tokenizer = read_tokenizer(folder)
         special, template = _decoder_files(folder, config, tokenizer)
-        network = load_network(spec, config, folder_source(folder), device=device, dtype=dtype)
+        network = load_network(spec, config, source, device=device, dtype=dtype, config_path=config_path)
         return CausalLM(network, tokenizer=tokenizer, special=special, chat_template=template, source=folder).eval()
     sentence = read_sentence_config(
         folder, hidden_size=config.hidden_size, max_position_embeddings=config.max_position_embeddings
     )
     tokenizer = read_tokenizer(folder)
-    network = load_network(spec, config, folder_source(folder), device=device, dtype=dtype)
+    network = load_network(spec, config, source, device=device, dtype=dtype, config_path=config_path)
     return SentenceEncoder(network, tokenizer=tokenizer, sentence_config=sentence, source=folder).eval()
+
+
+def _check_layer_count(spec: ArchitectureSpec, raw: dict, config_path: Path, source: TensorSource) -> None:
+    """config.json's layer count against the weights, before a config (or network) is built.
+
+    More layers than the weights have tensors at all would fail as missing tensors anyway; checked
+    first, a corrupt count (10**12) cannot make the loader build per-layer state without end.
+    Smaller mismatches are left to the tensor checks, whose messages say more.
+    """
+    layers = raw.get("num_hidden_layers")
+    if isinstance(layers, bool) or not isinstance(layers, int):
+        return  # read_config explains a count of the wrong type
+    keys = source.keys()
+    held = spec.checkpoint_layers(keys)
+    if layers > max(held, len(keys)):
+        raise CheckpointError(
+            f"{config_path}: 'num_hidden_layers' is {layers}, but {source.path} holds the weights of {held} "
+            f"layers (transformers' {spec.name} key names); the config and the weights disagree."
+        )
 
 
 def _load_gguf(path: Path, *, device: torch.device | str | None, dtype: torch.dtype | None) -> CausalLM:

@@ -112,6 +112,8 @@ def read_sentence_config(folder: Path, *, hidden_size: int, max_position_embeddi
     """
     bert_config_path = folder / "sentence_bert_config.json"
     bert_config = read_json(bert_config_path) if bert_config_path.is_file() else {}
+    if not isinstance(bert_config, dict):
+        raise CheckpointError(f"{bert_config_path}: expected a JSON object, got {type(bert_config).__name__}.")
     max_seq_length = bert_config.get("max_seq_length") or max_position_embeddings
     if isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int) or max_seq_length < 2:
         raise CheckpointError(
@@ -123,7 +125,9 @@ def read_sentence_config(folder: Path, *, hidden_size: int, max_position_embeddi
             f"max_position_embeddings={max_position_embeddings}; the model has no positions past "
             f"{max_position_embeddings}. Lower max_seq_length to at most {max_position_embeddings}."
         )
-    do_lower_case = bool(bert_config.get("do_lower_case", False))
+    do_lower_case = bert_config.get("do_lower_case", False)
+    if not isinstance(do_lower_case, bool):
+        raise CheckpointError(f"{bert_config_path}: 'do_lower_case' is {do_lower_case!r}; expected true or false.")
 
     modules_path = folder / "modules.json"
     if not modules_path.is_file():
@@ -135,15 +139,29 @@ def read_sentence_config(folder: Path, *, hidden_size: int, max_position_embeddi
         )
     pooling: tuple[str, ...] | None = None
     normalize = False
-    for entry in sorted(modules, key=lambda e: e.get("idx", 0) if isinstance(e, dict) else 0):
+    for entry in modules:
         if not isinstance(entry, dict) or "type" not in entry:
             raise CheckpointError(f"{modules_path}: entry {entry!r} has no 'type'.")
-        kind = str(entry["type"]).removeprefix(_ST_PACKAGE)
-        path = str(entry.get("path", ""))
+        for key, kind in (("idx", int), ("type", str), ("path", str)):
+            value = entry.get(key)
+            if (value is not None or key == "type") and (isinstance(value, bool) or not isinstance(value, kind)):
+                expected = "an integer" if kind is int else "a string"
+                raise CheckpointError(f"{modules_path}: entry {entry!r} has {key!r} {value!r}; expected {expected}.")
+    for entry in sorted(modules, key=lambda e: e.get("idx") or 0):
+        kind = entry["type"].removeprefix(_ST_PACKAGE)
+        path = entry.get("path") or ""
         if kind == "Transformer" and path == "":
             continue
         if kind == "Pooling":
-            pooling = _read_pooling(folder / path / "config.json", hidden_size=hidden_size)
+            if not path:
+                raise CheckpointError(f"{modules_path}: the Pooling module has no 'path' (sentence-transformers writes '1_Pooling').")
+            pooling_path = folder / path / "config.json"
+            if not pooling_path.is_file():
+                raise FileNotFoundError(
+                    f"{modules_path} lists a Pooling module at path {path!r}, but {pooling_path} does not exist; "
+                    "fix the path in modules.json or restore the file."
+                )
+            pooling = _read_pooling(pooling_path, hidden_size=hidden_size)
         elif kind == "Normalize":
             normalize = True
         else:
@@ -162,6 +180,11 @@ def read_sentence_config(folder: Path, *, hidden_size: int, max_position_embeddi
 
 def _read_pooling(path: Path, *, hidden_size: int) -> tuple[str, ...]:
     data = read_json(path)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}.")
+    for key in (*_POOLING_KEYS.values(), *_UNSUPPORTED_POOLING_KEYS):
+        if data.get(key) is not None and not isinstance(data[key], bool):
+            raise CheckpointError(f"{path}: {key!r} is {data[key]!r}; expected true or false.")
     dim = data.get("word_embedding_dimension", hidden_size)
     if dim != hidden_size:
         raise CheckpointError(

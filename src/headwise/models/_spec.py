@@ -82,6 +82,8 @@ class ArchitectureSpec:
             patterns.append((regex, theirs))
         object.__setattr__(self, "_patterns", tuple(patterns))
         object.__setattr__(self, "_ignored", tuple(re.compile(p) for p in self.ignored))
+        layered = [re.escape(theirs).replace(r"\{\}", r"(\d+)") for _, theirs in self.modules if "{}" in theirs]
+        object.__setattr__(self, "_layer_key", re.compile(rf"(?:{'|'.join(layered)})\.\w+") if layered else None)
 
     def checkpoint_key(self, name: str) -> str | None:
         """The checkpoint key of a network state-dict key, or None for headwise-only state (head gates)."""
@@ -94,6 +96,18 @@ class ArchitectureSpec:
 
     def is_ignored(self, key: str) -> bool:
         return any(p.fullmatch(key) for p in self._ignored)  # type: ignore[attr-defined]
+
+    def checkpoint_layers(self, keys: list[str]) -> int:
+        """How many layers checkpoint ``keys`` hold weights of (distinct layer indices in the key templates)."""
+        pattern = self._layer_key  # type: ignore[attr-defined]
+        if pattern is None:
+            return 0
+        layers = set()
+        for key in keys:
+            match = pattern.fullmatch(key)
+            if match is not None:
+                layers.add(next(group for group in match.groups() if group is not None))
+        return len(layers)
 
 
 def _expected(spec: ArchitectureSpec, network: nn.Module, config: Any) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -114,18 +128,29 @@ def load_network(
     *,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    config_path: Path | None = None,
 ) -> nn.Module:
     """Build ``spec``'s network for ``config`` and fill it from ``source``, checking everything first.
 
     The network comes back in eval mode (as from transformers' ``from_pretrained``), its
     head gates ones, on ``device`` in ``dtype`` (default: the stored dtype of ``spec.dtype_key``).
+    ``config_path`` is where the config came from, for messages (default: the source's file).
     """
     keys = set(source.keys())
     config = spec.from_checkpoint(config, keys)
     stored = source.dtype(spec.dtype_key) if spec.dtype_key in keys else torch.float32
     dtype = dtype if dtype is not None else (stored if isinstance(stored, torch.dtype) else torch.float32)
     with torch.device("meta"):
-        network = spec.build(config, dtype=dtype)
+        try:
+            network = spec.build(config, dtype=dtype)
+        except (RuntimeError, TypeError) as err:  # on meta nothing is allocated: only sizes past int64 fail here
+            if "overflow" not in str(err).lower():
+                raise
+            reason = str(err).splitlines()[0]
+            raise CheckpointError(
+                f"{config_path or source.path}: its sizes ({spec.layers_described(config)}) give tensors too large "
+                f"to exist ({reason}); it does not describe the weights in {source.path}."
+            ) from err
     expected = _expected(spec, network, config)
     _check(spec, config, source, keys, expected)
     state = {name: source.read(key).to(device=device, dtype=dtype) for key, (name, _) in expected.items()}

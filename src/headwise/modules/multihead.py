@@ -11,7 +11,13 @@ switching is an import change.  What differs:
 * A query row whose keys are all masked gives zeros, never NaN.
 * Mistakes raise errors that name the layout and suggest the fix (they subclass both
   ``ValueError`` and ``AssertionError``, so code catching torch's errors still works).
-* ``is_causal=True`` works without an ``attn_mask``.
+* ``is_causal=True`` without an ``attn_mask`` applies the causal mask, in training and in
+  evaluation (torch's layer raises in training and ignores the flag on its inference fast path).
+* Nested-tensor inputs are accepted where torch's layer accepts them (its inference fast path:
+  eval mode, no autograd, ``batch_first``, self-attention, no masks): they are padded, attended
+  with a key padding mask and returned nested.  Elsewhere they raise torch's error.
+* ``torch.jit.trace`` works; ``torch.jit.script`` (deprecated in torch 2.13) raises a
+  ``TypeError`` that points to ``torch.compile`` and ``torch.export``, which both work.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from headwise.errors import TorchCompatShapeError, fmt_shape, heads_do_not_divide
+from headwise.errors import TorchCompatError, TorchCompatShapeError, fmt_shape, heads_do_not_divide
 from headwise.functional import attention, causal_mask, from_torch_bool_mask, merge_masks
 
 __all__ = ["MultiheadAttention", "replace_mha_"]
@@ -130,11 +136,23 @@ class MultiheadAttention(nn.MultiheadAttention):
             attn_mask: (L, S) or (B * H, L, S); bool ``True`` = *not* allowed to attend
                 (torch's polarity), or a float mask added to the scores.
             average_attn_weights: average the returned weights over heads.
-            is_causal: hint that ``attn_mask`` is the causal mask; with no ``attn_mask``
-                the causal mask is applied directly.
+            is_causal: with ``attn_mask``, a hint that it is the causal mask (as in torch).
+                Without one, the layer applies the causal mask itself (query ``i`` attends keys
+                ``j <= i + S - L``), in training and in evaluation alike.  torch's layer differs
+                here: it raises ``Need attn_mask if specifying the is_causal hint`` in training
+                and ignores the flag on its inference fast path (a non-causal result); headwise
+                computes what the flag asks for everywhere.
 
         Returns:
             ``(attn_output, attn_weights)``; weights are ``None`` unless ``need_weights``.
+
+        Nested tensors: ``query is key is value`` a nested tensor (torch's strided layout,
+        (B, *, E)) is accepted exactly where torch's layer accepts one: eval mode, no autograd
+        (``torch.no_grad()`` or parameters that do not require grad), ``batch_first=True``, no
+        masks, an even ``num_heads`` and the rest of torch's fast-path conditions.  It is padded,
+        attended with a key padding mask, and the output comes back nested; the weights come
+        back padded, zero in padded rows and columns, as torch returns them.  Anywhere else a
+        nested input raises :class:`~headwise.errors.TorchCompatError` with torch's message.
 
         Shape:
             query (L, B, E), or (B, L, E) with ``batch_first``, or (L, E) unbatched;
@@ -142,6 +160,10 @@ class MultiheadAttention(nn.MultiheadAttention):
             attn_output like query; attn_weights (B, L, S) averaged or (B, H, L, S),
             without B when unbatched.  S counts the bias_kv and zero_attn keys.
         """
+        if _any_nested(query, key, value):
+            return self._forward_nested(
+                query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal
+            )
         batched = self._check_inputs(query, key, value, key_padding_mask, attn_mask)
         key_padding_mask = _own_polarity(key_padding_mask, "key_padding_mask", query.dtype)
         attn_mask = _own_polarity(attn_mask, "attn_mask", query.dtype)
@@ -206,6 +228,112 @@ class MultiheadAttention(nn.MultiheadAttention):
             out = out.transpose(0, 1)  # (L, B, E)
         return out, weights
 
+    def _forward_nested(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        need_weights: bool,
+        attn_mask: Tensor | None,
+        average_attn_weights: bool,
+        is_causal: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Nested inputs where torch's layer takes them: padded, attended, returned nested.
+
+        Shape:
+            query = key = value nested (B, *, E) -> attn_output nested (B, *, E);
+            attn_weights (B, L_max, L_max) averaged or (B, H, L_max, L_max).
+        """
+        reason = self._nested_refusal(query, key, value, key_padding_mask, attn_mask)
+        if reason is not None:
+            raise TorchCompatError(
+                "MultiheadAttention does not support NestedTensor outside of its fast path. The fast path "
+                f"was not hit because {reason.rstrip('.')}. Nested inputs need eval mode, no autograd "
+                "(torch.no_grad()), batch_first=True, query is key is value and no masks; otherwise pad "
+                "them (torch.nested.to_padded_tensor) and pass key_padding_mask."
+            )
+        lengths = [part.shape[0] for part in query.unbind()]
+        padded = torch.nested.to_padded_tensor(query, 0.0)  # (B, L_max, E)
+        positions = torch.arange(padded.shape[1], device=padded.device)  # (L_max,)
+        padding = positions >= torch.tensor(lengths, device=padded.device)[:, None]  # (B, L_max), True = padding
+        out, weights = self.forward(
+            padded, padded, padded, key_padding_mask=padding, need_weights=need_weights,
+            average_attn_weights=average_attn_weights, is_causal=is_causal,
+        )  # (B, L_max, E), weights (B, L_max, L_max) or (B, H, L_max, L_max)
+        out = torch.nested.as_nested_tensor(
+            [rows[:length] for rows, length in zip(out.unbind(), lengths, strict=True)], layout=torch.strided
+        )  # nested (B, *, E)
+        if weights is not None:
+            kept = ~padding[:, :, None] if weights.dim() == 3 else ~padding[:, None, :, None]  # (B, [1,] L_max, 1)
+            weights = weights * kept  # padded query rows are zero, as torch returns them
+        return out, weights
+
+    def _nested_refusal(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None,
+        attn_mask: Tensor | None,
+    ) -> str | None:
+        """Why torch's layer would refuse these nested inputs (its fast-path conditions, in its words), or None."""
+        reason = None
+        if any(m is not None and m.is_floating_point() for m in (attn_mask, key_padding_mask)):
+            reason = "floating-point masks are not supported for fast path."
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        if not torch.backends.mha.get_fastpath_enabled():
+            reason = "torch.backends.mha.get_fastpath_enabled() was not True"
+        elif query.dim() != 3:
+            reason = f"input not batched; expected query.dim() of 3 but got {query.dim()}"
+        elif query is not key or key is not value:
+            reason = "non-self attention was used (query, key, and value are not the same Tensor)"
+        elif bias is not None and query.dtype != bias.dtype:
+            reason = f"dtypes of query ({query.dtype}) and self.in_proj_bias ({bias.dtype}) don't match"
+        elif weight is None:
+            reason = "in_proj_weight was None"
+        elif query.dtype != weight.dtype:
+            reason = f"dtypes of query ({query.dtype}) and self.in_proj_weight ({weight.dtype}) don't match"
+        elif self.training:
+            reason = "training is enabled"
+        elif self.num_heads % 2 != 0:
+            reason = "self.num_heads is not even"
+        elif not self.batch_first:
+            reason = "batch_first was not True"
+        elif self.bias_k is not None:
+            reason = "self.bias_k was not None"
+        elif self.bias_v is not None:
+            reason = "self.bias_v was not None"
+        elif self.add_zero_attn:
+            reason = "add_zero_attn was enabled"
+        elif not self._qkv_same_embed_dim:
+            reason = "_qkv_same_embed_dim was not True"
+        elif key_padding_mask is not None or attn_mask is not None:
+            reason = "supplying both src_key_padding_mask and src_mask at the same time is not supported with NestedTensor input"
+        elif torch.is_autocast_enabled():
+            reason = "autocast is enabled"
+        if reason is not None:
+            return reason
+        tensors = (query, key, value, weight, bias, self.out_proj.weight, self.out_proj.bias)
+        if torch.overrides.has_torch_function(tensors):
+            return "some Tensor argument has_torch_function"  # torch's jagged layout is a tensor subclass
+        if not all(t is None or t.device.type in ("cpu", "cuda") for t in tensors):
+            return "some Tensor argument's device is neither one of cpu or cuda"
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+            return "grad is enabled and at least one of query or the input/output projection weights or biases requires_grad"
+        if bias is None:
+            return "in_proj_bias was None (the layer was built with bias=False)"
+        return None
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """``torch.jit.script`` calls this on every module before compiling: refuse, naming the supported paths."""
+        raise TypeError(
+            f"{type(self).__name__} (headwise) cannot be compiled by torch.jit.script: TorchScript is deprecated "
+            "in torch 2.13, and headwise's layers are written for torch.compile and torch.export. Use "
+            "torch.compile(model) to run faster, or torch.export.export(model, args) for a graph to save and "
+            "deploy (torch.jit.trace also works)."
+        )
+
     def project(
         self, query: Tensor, key: Tensor, value: Tensor, *, same_qkv: bool, same_kv: bool
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -255,11 +383,6 @@ class MultiheadAttention(nn.MultiheadAttention):
         for name, t in (("query", query), ("key", key), ("value", value)):
             if not isinstance(t, Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
-            if t.is_nested:
-                raise TypeError(
-                    f"{name} is a nested tensor; headwise.MultiheadAttention takes padded "
-                    "tensors: pad the sequences and pass key_padding_mask."
-                )
         _check_dims(query, key, value, key_padding_mask, attn_mask, self.num_heads)
         batched = query.dim() == 3
         self._check_batched_shapes(query, key, value, key_padding_mask, attn_mask, batched)
@@ -417,6 +540,10 @@ def _check_dims(
             f"query should be unbatched 2D or batched 3D tensor but received {query.dim()}-D "
             f"query tensor of shape {fmt_shape(query.shape)}"
         )
+
+
+def _any_nested(*tensors: object) -> bool:
+    return any(isinstance(t, Tensor) and t.is_nested for t in tensors)
 
 
 def _own_polarity(mask: Tensor | None, name: str, dtype: torch.dtype) -> Tensor | None:

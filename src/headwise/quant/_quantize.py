@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import warnings
 from collections.abc import Iterator
@@ -15,6 +17,7 @@ from headwise.quant._config import QuantConfig
 
 __all__ = ["QuantizedMultiheadAttention", "load_quantized", "quantize_", "save_quantized"]
 
+_log = logging.getLogger("headwise.quant")
 _LINEARS = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear, Linear)
 _FORMAT = "headwise.quant/1"
 
@@ -218,10 +221,48 @@ def _int8_tables_(embeddings: list[tuple[nn.Module, str, nn.Module]]) -> None:
             setattr(parent, name, nnq.Embedding.from_float(table))
 
 
+class _Demote(logging.Filter):
+    """Drops a logger's records whose message contains one of ``phrases``, re-logging them at debug level."""
+
+    def __init__(self, phrases: tuple[str, ...]) -> None:
+        super().__init__()
+        self.phrases = phrases
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(phrase in message for phrase in self.phrases):
+            _log.debug("while importing torchao, %s logged: %s", record.name, message)
+            return False
+        return True
+
+
+#: What importing torchao logs on a torch it was not built against, by logger: a warning per
+#: optional kernel library it cannot load (CUDA / MX kernels; int8 weight-only needs none of
+#: them), and torch 2.13's notice that registering an Enum as a pytree constant is deprecated.
+_TORCHAO_IMPORT_NOISE = {
+    "torchao": ("Failed to load ",),
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported",),
+}
+
+
+@contextlib.contextmanager
+def _quiet_torchao_import() -> Iterator[None]:
+    """Demote exactly torchao's known import-time log records (above) to debug level, for the import only."""
+    filters = [(logging.getLogger(name), _Demote(phrases)) for name, phrases in _TORCHAO_IMPORT_NOISE.items()]
+    for logger, noise in filters:
+        logger.addFilter(noise)
+    try:
+        yield
+    finally:
+        for logger, noise in filters:
+            logger.removeFilter(noise)
+
+
 def _weight_only_int8_(model: nn.Module, modules: list[nn.Module]) -> None:
     """torchao's int8 weight-only quantization (per row) of exactly ``modules``."""
-    from torchao.quantization import Int8WeightOnlyConfig
-    from torchao.quantization import quantize_ as torchao_quantize_
+    with _quiet_torchao_import():
+        from torchao.quantization import Int8WeightOnlyConfig
+        from torchao.quantization import quantize_ as torchao_quantize_
 
     chosen = {id(m) for m in modules}
     torchao_quantize_(

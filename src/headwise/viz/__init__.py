@@ -3,9 +3,12 @@ self-contained HTML pages they go into (every image inline, no network)."""
 
 from __future__ import annotations
 
+import functools
 import html
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -19,6 +22,7 @@ from headwise.viz._html import table as html_table
 __all__ = [
     "attention_map_png",
     "attention_page",
+    "font_families",
     "head_map_pngs",
     "html_figure",
     "html_page",
@@ -45,6 +49,54 @@ def _pyplot():
     return plt
 
 
+#: Installed fonts that cover scripts DejaVu Sans (matplotlib's own font) lacks, CJK first; each
+#: one installed joins the figures' fallback list, in this order.
+FALLBACK_FONTS = (
+    "Noto Sans CJK JP", "Noto Sans CJK SC", "Noto Sans CJK TC", "Noto Sans CJK KR", "Source Han Sans",
+    "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "IPAexGothic",
+    "IPAGothic", "TakaoPGothic", "UnDotum", "NanumGothic", "Microsoft YaHei", "SimHei", "Yu Gothic", "Meiryo",
+    "Malgun Gothic", "PingFang SC", "Hiragino Sans", "Apple SD Gothic Neo", "Arial Unicode MS", "Noto Sans",
+    "Noto Sans Devanagari", "Noto Sans Arabic", "Noto Sans Hebrew", "Noto Sans Thai", "Unifont",
+)
+#: matplotlib's warning for a character no font in the list can draw (it is drawn as a box)
+_MISSING_GLYPH = r"Glyph \d+ .*missing from"
+
+_Figure = TypeVar("_Figure", bound=Callable[..., Any])
+
+
+def font_families() -> list[str]:
+    """The font list headwise's figures draw text with: DejaVu Sans, then every installed :data:`FALLBACK_FONTS`.
+
+    matplotlib takes each character from the first font in the list that has it, so tokens in
+    Chinese, Japanese, Korean and other scripts are drawn whenever such a font is installed
+    (e.g. Debian's ``fonts-noto-cjk``).
+    """
+    _pyplot()
+    from matplotlib import font_manager
+
+    installed = {entry.name for entry in font_manager.fontManager.ttflist}
+    return ["DejaVu Sans", *(name for name in FALLBACK_FONTS if name in installed)]
+
+
+def _fonts(draw: _Figure) -> _Figure:
+    """Draw with :func:`font_families`; a character no installed font has is a box, without a warning each.
+
+    (A page of Chinese tokens on a machine without a CJK font would print hundreds; other
+    warnings pass.)
+    """
+
+    @functools.wraps(draw)
+    def drawn(*args: Any, **kwargs: Any) -> Any:
+        import matplotlib
+
+        _pyplot()
+        with matplotlib.rc_context({"font.family": font_families()}), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_MISSING_GLYPH, category=UserWarning)
+            return draw(*args, **kwargs)
+
+    return drawn  # type: ignore[return-value]
+
+
 def _grid(values: Sequence[Tensor]) -> Tensor:
     """Per-layer values (layers may have different head counts) as a (layers, max heads) grid, NaN-padded."""
     width = max(int(v.numel()) for v in values)
@@ -54,6 +106,7 @@ def _grid(values: Sequence[Tensor]) -> Tensor:
     return grid
 
 
+@_fonts
 def layer_head_heatmap(values: Sequence[Tensor], path: str | Path, *, title: str, label: str) -> Path:
     """Save a layers x heads heatmap of one value per head (pruned heads left blank).
 
@@ -77,6 +130,7 @@ def layer_head_heatmap(values: Sequence[Tensor], path: str | Path, *, title: str
     return path
 
 
+@_fonts
 def similarity_heatmap(matrix: Tensor, heads: Sequence[tuple[int, int]], path: str | Path, *, title: str) -> Path:
     """Save an (N, N) head-by-head similarity matrix, with layer boundaries marked.
 
@@ -102,6 +156,7 @@ def similarity_heatmap(matrix: Tensor, heads: Sequence[tuple[int, int]], path: s
     return path
 
 
+@_fonts
 def attention_map_png(weights: Tensor, tokens: Sequence[str], *, title: str, size: float = 4.0) -> bytes:
     """One head's attention map as PNG bytes: rows are queries, columns keys, labelled by token.
 
@@ -127,6 +182,7 @@ def attention_map_png(weights: Tensor, tokens: Sequence[str], *, title: str, siz
     return buffer.getvalue()
 
 
+@_fonts
 def layer_grid_png(weights: Tensor, path: str | Path, *, title: str) -> Path:
     """Every head of one layer side by side, as small unlabelled maps.
 
@@ -151,6 +207,7 @@ def layer_grid_png(weights: Tensor, path: str | Path, *, title: str) -> Path:
     return path
 
 
+@_fonts
 def pruning_curve_png(
     removed: Sequence[int],
     total_heads: int,
@@ -183,6 +240,7 @@ def pruning_curve_png(
     return path
 
 
+@_fonts
 def speedup_png(labels: Sequence[str], ratios: Sequence[float], path: str | Path, *, title: str) -> Path:
     """Horizontal bars of speed-ups (time before / time after), with the no-change line at 1."""
     plt = _pyplot()

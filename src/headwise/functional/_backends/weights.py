@@ -13,6 +13,8 @@ those go to the math path) and picks privately how:
 * autograd, larger maps: the output from the fused kernel (its backward stores no map) and
   the weights beside it; averaged weights are built block-wise and their backward
   recomputes each block, so memory is the (B, L, S) result plus one block.
+* under ``torch.jit.trace``: one math pass whatever the grad mode, so that the traced graph
+  is the one the trace's check (a second run without autograd) records.
 
 The budgets are arguments of :class:`WeightsBackend`; the registered instance uses the
 defaults measured in ``benchmarks/tuning.py`` (docs/design.md lists them).
@@ -78,9 +80,12 @@ class WeightsBackend:
         grad = torch.is_grad_enabled() and (query.requires_grad or key.requires_grad or value.requires_grad)
         batch, heads, query_len, _ = query.shape
         small = batch * heads * query_len * key.shape[-2] <= self.small_maps
-        if not grad and request.average_weights:
+        # torch.jit.trace records one path and checks it against a second trace run without
+        # autograd: traced, the graph must not depend on grad mode, so it is one math pass
+        tracing = torch.jit.is_tracing()
+        if not grad and request.average_weights and not tracing:
             return self._output_and_mean(query, key, value, mask, alive, scale)
-        if not grad or small:  # one math pass gives both
+        if not grad or small or tracing:  # one math pass gives both
             probs = kernels.probabilities(query, key, mask, alive, scale)  # (B, H, L, S)
             output = kernels.weighted_values(probs, value)  # (B, H, L, Dv)
             return output, probs.mean(dim=1) if request.average_weights else probs
